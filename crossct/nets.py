@@ -1,0 +1,42 @@
+"""The one place where network architectures are defined.
+
+Networks are built from a :class:`~crossct.config.ModelConfig` (a registered name plus the
+constructor's keyword arguments), never re-declared at load time.  Needs torch and MONAI.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .config import ModelConfig
+
+__all__ = ["build_network", "ARCHITECTURES"]
+
+
+def _unet(**kwargs: Any):
+    from monai.networks.nets import UNet
+
+    return UNet(**kwargs)
+
+
+def _swin_unetr(**kwargs: Any):
+    from monai.networks.nets import SwinUNETR
+
+    return SwinUNETR(**kwargs)
+
+
+ARCHITECTURES: dict[str, Callable[..., Any]] = {"unet": _unet, "swin_unetr": _swin_unetr}
+
+
+def build_network(config: ModelConfig):
+    """Instantiate the network described by ``config`` (a ``torch.nn.Module``, randomly initialised)."""
+    try:
+        factory = ARCHITECTURES[config.arch]
+    except KeyError:
+        raise ValueError(f"unknown architecture {config.arch!r}; valid: {sorted(ARCHITECTURES)}") from None
+    kwargs = dict(config.kwargs)
+    # JSON stores sequences as lists; MONAI wants tuples for channels/strides.
+    for key, value in kwargs.items():
+        if isinstance(value, list):
+            kwargs[key] = tuple(value)
+    return factory(**kwargs)
