@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from .config import ModelConfig
 
-__all__ = ["build_network", "ARCHITECTURES"]
+__all__ = ["build_network", "with_probabilities", "ARCHITECTURES"]
 
 
 def _unet(**kwargs: Any):
@@ -40,3 +40,23 @@ def build_network(config: ModelConfig):
         if isinstance(value, list):
             kwargs[key] = tuple(value)
     return factory(**kwargs)
+
+
+def with_probabilities(network):
+    """Wrap ``network`` so that it returns what inference blends: softmax over the 3 class logits
+    (channels 0-2) followed by the raw distance maps (channels 3-4).
+
+    The same wrapper is exported to ONNX, so both predictors return identical quantities.
+    """
+    import torch
+
+    class WithProbabilities(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.net(x)
+            return torch.cat([torch.softmax(y[:, :3], dim=1), y[:, 3:]], dim=1)
+
+    return WithProbabilities(network)

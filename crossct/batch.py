@@ -1,0 +1,104 @@
+"""A folder of images -> label files: the work list, and the loop that survives bad files.
+
+Each image is read, segmented and written on its own; a failure is recorded with the file and the
+reason and the batch goes on.  Labels are written atomically, so a killed run leaves either a
+whole label file or none, and ``skip_existing`` resumes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .config import ModelSpec
+from .io import ImageReadError, list_images, output_name, read_image, write_labels
+from .pipeline import Timings, segment
+from .predictors import Predictor
+
+__all__ = ["WorkItem", "Summary", "find_work", "run_batch"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    image: Path
+    output: Path
+
+
+@dataclass
+class Summary:
+    done: int = 0
+    skipped: int = 0
+    cells: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    timings: Timings = field(default_factory=Timings)
+
+
+def find_work(input_dir: Path, output_dir: Path, skip_existing: bool = False) -> tuple[list[WorkItem], list[tuple[str, str]]]:
+    """The images to segment and the ones refused up front.
+
+    Two inputs whose names map to the same ``<stem>_label.tiff`` are both refused, naming each
+    other: writing either would silently overwrite the other's result.
+    """
+    by_output: dict[str, list[Path]] = {}
+    for image in list_images(input_dir):
+        by_output.setdefault(output_name(image), []).append(image)
+    work: list[WorkItem] = []
+    errors: list[tuple[str, str]] = []
+    for name, images in by_output.items():
+        if len(images) > 1:
+            names = ", ".join(p.name for p in images)
+            for image in images:
+                errors.append((str(image), f"output name {name} is shared by {names}; rename the inputs"))
+            continue
+        item = WorkItem(images[0], output_dir / name)
+        if skip_existing and item.output.exists():
+            logger.debug("skipping %s: %s exists", item.image, item.output)
+            continue
+        work.append(item)
+    return work, errors
+
+
+def run_batch(
+    work: Iterable[WorkItem],
+    predictor: Predictor,
+    spec: ModelSpec | None = None,
+    overlay_dir: Path | None = None,
+    progress: Callable[[list], Iterable] = lambda items: items,
+) -> Summary:
+    """Segment every item, recording failures instead of raising."""
+    work = list(work)
+    summary = Summary()
+    for item in progress(work):
+        t0 = time.perf_counter()
+        try:
+            image = read_image(item.image)
+            labels = segment(image, predictor, spec, summary.timings)
+            write_labels(item.output, labels)
+            if overlay_dir is not None:
+                from .overlay import write_overlay
+
+                write_overlay(overlay_dir / (item.output.name.removesuffix(".tiff") + ".png"), image, labels)
+        except ImageReadError as exc:
+            summary.failed.append((str(item.image), str(exc).removeprefix(f"{item.image}: ")))
+            continue
+        except OSError as exc:
+            summary.failed.append((str(item.image), f"cannot write {item.output}: {exc.strerror or exc}"))
+            continue
+        except MemoryError:
+            summary.failed.append((str(item.image), "out of memory while segmenting"))
+            continue
+        except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch; reported below
+            logger.debug("traceback for %s", item.image, exc_info=True)
+            summary.failed.append((str(item.image), f"{type(exc).__name__}: {exc}"))
+            continue
+        n = int(labels.max())
+        summary.done += 1
+        summary.cells += n
+        logger.info("%s: %d cells, %dx%d, %.2f s", item.image.name, n, labels.shape[0], labels.shape[1],
+                    time.perf_counter() - t0)
+    return summary

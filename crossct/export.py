@@ -1,0 +1,158 @@
+"""Checkpoint -> shippable weights folder: model.onnx + model.pt + model.json (with sha256).
+
+``python -m crossct.export CHECKPOINT OUT_DIR`` exports the network (wrapped to output class
+probabilities + distance maps) to ONNX with dynamic batch, height and width, writes a slim PyTorch
+checkpoint beside it, and checks ONNX Runtime against PyTorch on random inputs (max abs diff
+under 1e-4) before writing the JSON that makes the folder loadable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["export_weights", "export_onnx", "check_onnx_matches_torch", "tiny_spec", "main"]
+
+logger = logging.getLogger(__name__)
+
+TOLERANCE = 1e-4
+
+
+def tiny_spec():
+    """A deliberately tiny U-Net spec for tests and CI (seconds to export and run, never shipped)."""
+    from .config import ModelConfig, ModelSpec, TilingConfig
+
+    model = ModelConfig(
+        "unet",
+        {"spatial_dims": 2, "in_channels": 3, "out_channels": 5, "channels": [4, 8, 16],
+         "strides": [2, 2], "num_res_units": 1},
+    )
+    return ModelSpec(model=model, tiling=TilingConfig(tile_size=64, overlap=0.25, batch_size=4),
+                     metadata={"note": "untrained tiny model for tests"})
+
+
+def export_onnx(module, path: Path, tile: int, opset: int = 18) -> None:
+    """Export ``module`` ((B, 3, H, W) -> (B, 5, H, W)) to ONNX with dynamic B, H, W."""
+    import torch
+
+    module = module.eval()
+    example = torch.rand(2, 3, tile, tile)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # The TorchScript exporter gives a single self-contained file with dynamic axes and no
+    # onnxscript rewrite surprises; dynamo=False keeps it on that path.
+    torch.onnx.export(
+        module, (example,), str(tmp), input_names=["image"], output_names=["outputs"],
+        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
+                      "outputs": {0: "batch", 2: "height", 3: "width"}},
+        opset_version=opset, dynamo=False, do_constant_folding=True,
+    )
+    os.replace(tmp, path)
+
+
+def check_onnx_matches_torch(module, onnx_path: Path, tile: int, seed: int = 0, batch: int = 3) -> float:
+    """Max abs difference between ONNX Runtime and PyTorch on random inputs (incl. a non-square size)."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for shape in [(batch, 3, tile, tile), (1, 3, tile, 2 * tile)]:
+        x = rng.random(shape, dtype=np.float32)
+        with torch.inference_mode():
+            expected = module.eval()(torch.from_numpy(x)).numpy()
+        got = session.run(None, {session.get_inputs()[0].name: x})[0]
+        worst = max(worst, float(np.abs(got - expected).max()))
+    return worst
+
+
+def export_weights(state_dict: dict[str, Any], spec, out_dir: str | os.PathLike, metadata: dict | None = None):
+    """Write model.onnx, model.pt and model.json (with checksums) for ``state_dict`` into ``out_dir``.
+
+    Returns the final :class:`~crossct.config.ModelSpec`.  Raises ``RuntimeError`` when ONNX Runtime
+    and PyTorch disagree by more than 1e-4.
+    """
+    import torch
+
+    from .config import save_spec
+    from .nets import build_network, with_probabilities
+    from .predictors import ONNX_NAME, SPEC_NAME, TORCH_NAME, sha256_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    network = build_network(spec.model)
+    network.load_state_dict({k.removeprefix("module."): v for k, v in state_dict.items()})
+    module = with_probabilities(network).eval()
+    tile = spec.tiling.tile_size
+
+    onnx_path, torch_path, spec_path = out / ONNX_NAME, out / TORCH_NAME, out / SPEC_NAME
+    export_onnx(module, onnx_path, tile)
+    diff = check_onnx_matches_torch(module, onnx_path, tile)
+    logger.info("ONNX Runtime vs PyTorch: max abs diff %.2e", diff)
+    if not diff < TOLERANCE:
+        raise RuntimeError(f"ONNX export of {spec.model.arch} differs from PyTorch by {diff:.2e} (> {TOLERANCE})")
+
+    meta = {**spec.metadata, **(metadata or {}), "onnx_max_abs_diff": diff}
+    spec = spec.replace(metadata=meta, checksums={})
+    tmp = torch_path.with_name(f".{torch_path.name}.tmp-{os.getpid()}")
+    torch.save({"state_dict": network.state_dict(), "spec": spec.to_dict()}, tmp)
+    os.replace(tmp, torch_path)
+    spec = spec.replace(checksums={ONNX_NAME: sha256_file(onnx_path), TORCH_NAME: sha256_file(torch_path)})
+    save_spec(spec, spec_path)
+    return spec
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m crossct.export",
+        description="Export a crossct checkpoint to a weights folder (model.onnx, model.pt, model.json).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("paths", nargs="+", metavar="CHECKPOINT OUT_DIR",
+                   help="training checkpoint (.pt holding 'model' and 'spec') and the folder to write the weights into; "
+                        "only OUT_DIR with --tiny-untrained")
+    p.add_argument("--postprocess-json", help="JSON file with post-processing settings to store in the spec")
+    p.add_argument("--tiny-untrained", action="store_true",
+                   help="ignore CHECKPOINT and export a tiny randomly initialised U-Net (tests and CI only)")
+    p.add_argument("--seed", type=int, default=0, help="seed for --tiny-untrained")
+    args = p.parse_args(argv)
+    expected = 1 if args.tiny_untrained else 2
+    if len(args.paths) != expected:
+        p.error("give OUT_DIR with --tiny-untrained, else CHECKPOINT OUT_DIR")
+    args.checkpoint, args.out_dir = ([None] + args.paths)[-2:]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    import json
+
+    import torch
+
+    from .config import ModelSpec, PostprocessConfig
+    from .nets import build_network
+
+    if args.tiny_untrained:
+        torch.manual_seed(args.seed)
+        spec = tiny_spec()
+        state = build_network(spec.model).state_dict()
+    else:
+        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        spec = ModelSpec.from_dict(ckpt["spec"])
+        state = ckpt.get("model", ckpt.get("state_dict"))
+    if args.postprocess_json:
+        spec = spec.replace(postprocess=PostprocessConfig(**json.loads(Path(args.postprocess_json).read_text())))
+    spec = export_weights(state, spec, args.out_dir)
+    print(f"wrote {args.out_dir}: {', '.join(sorted(spec.checksums))} + model.json "
+          f"(ONNX vs PyTorch max abs diff {spec.metadata['onnx_max_abs_diff']:.2e})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

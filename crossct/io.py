@@ -1,0 +1,216 @@
+"""Reading microscopy images and writing instance labels.
+
+``read_image`` returns every supported file as an ``(H, W, C)`` array in its own dtype;
+``write_labels`` writes a zlib TIFF atomically (temporary file + rename), so an interrupted
+run never leaves a truncated label file behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageReadError",
+    "MAX_PIXELS",
+    "read_image",
+    "image_shape",
+    "write_labels",
+    "label_dtype",
+    "output_name",
+    "list_images",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
+# Larger declared sizes are refused before decoding: a tiny file can declare gigapixels
+# (decompression bomb).  2**31 pixels is a 46k x 46k slide, far above any challenge image.
+MAX_PIXELS = 2**31
+_TIFF = (".tif", ".tiff")
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be turned into an image; the message names the file and the reason."""
+
+
+def output_name(path: str | os.PathLike) -> str:
+    """The challenge's label file name: the file name up to its first dot + ``_label.tiff``."""
+    return Path(path).name.split(".")[0] + "_label.tiff"
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name.
+
+    Hidden files, sub-folders and other extensions are skipped (and logged), never followed.
+    """
+    folder = Path(folder)
+    found: list[Path] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            logger.info("skipping hidden entry %s", entry)
+        elif entry.is_dir():
+            logger.info("skipping sub-folder %s", entry)
+        elif entry.suffix.lower() in IMAGE_EXTENSIONS:
+            found.append(entry)
+        else:
+            logger.info("skipping %s: not an image extension %s", entry, IMAGE_EXTENSIONS)
+    return found
+
+
+def _check_size(path: Path, shape: tuple[int, ...]) -> None:
+    pixels = int(np.prod([int(s) for s in shape[:2]], dtype=np.int64)) if len(shape) >= 2 else 0
+    if len(shape) < 2 or min(shape[:2]) < 1:
+        raise ImageReadError(f"{path}: image has no pixels (shape {tuple(shape)})")
+    if pixels > MAX_PIXELS:
+        raise ImageReadError(
+            f"{path}: declared size {shape[0]}x{shape[1]} ({pixels:,} pixels) exceeds the limit of "
+            f"{MAX_PIXELS:,} pixels (possible decompression bomb)"
+        )
+
+
+def _to_hwc(path: Path, array: np.ndarray) -> np.ndarray:
+    """Bring a decoded array to (H, W, C): channel-last or channel-first, singleton axes dropped."""
+    array = np.asarray(array)
+    if array.ndim > 2:
+        array = array.reshape([s for s in array.shape if s != 1] or [1, 1])
+    if array.ndim == 2:
+        return array[:, :, None]
+    if array.ndim == 3:
+        if array.shape[-1] <= 4 and array.shape[-1] < min(array.shape[:2]):
+            return array
+        if array.shape[0] <= 4 and array.shape[0] < min(array.shape[1:]):
+            return np.moveaxis(array, 0, -1)
+        raise ImageReadError(
+            f"{path}: cannot tell the channel axis of an array of shape {array.shape} "
+            "(expected (H, W, C) or (C, H, W) with C <= 4; stacks and volumes are not 2-D images)"
+        )
+    raise ImageReadError(f"{path}: {array.ndim}-D data of shape {array.shape} is not a 2-D image")
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise ImageReadError(f"{path}: TIFF holds no image")
+        series = tif.series[0]
+        squeezed = [s for s in series.shape if s != 1]
+        _check_size(path, tuple(sorted(squeezed, reverse=True)[:2]) if len(squeezed) >= 2 else tuple(squeezed))
+        if len(tif.series) > 1:
+            logger.warning("%s: multi-series TIFF, reading the first series only", path)
+        array = series.asarray()
+    return _to_hwc(path, array)
+
+
+def _read_with_cv2(path: Path) -> np.ndarray:
+    import cv2
+
+    data = np.fromfile(path, dtype=np.uint8)  # np.fromfile copes with any file name; cv2.imread may not
+    if data.size == 0:
+        raise ImageReadError(f"{path}: file is empty (0 bytes)")
+    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if array is None:
+        raise ImageReadError(f"{path}: not a decodable {path.suffix.lower()} image (corrupt, truncated or not an image)")
+    _check_size(path, array.shape)
+    if array.ndim == 3 and array.shape[2] >= 3:
+        # OpenCV decodes to BGR(A); the rest of the pipeline expects RGB(A).
+        array = array[:, :, [2, 1, 0, *range(3, array.shape[2])]]
+    return _to_hwc(path, array)
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a microscopy image.
+
+    Parameters
+    ----------
+    path : path to a .png, .bmp, .jpg/.jpeg or .tif/.tiff file.
+
+    Returns
+    -------
+    image : (H, W, C) ndarray in the file's own dtype, C >= 1, RGB channel order.
+
+    Raises
+    ------
+    ImageReadError
+        Empty, truncated, undecodable, oversized or non-2-D files, with the file and the reason.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: file is empty (0 bytes)")
+    try:
+        if path.suffix.lower() in _TIFF:
+            return _read_tiff(path)
+        return _read_with_cv2(path)
+    except ImageReadError:
+        raise
+    except MemoryError:
+        raise ImageReadError(f"{path}: not enough memory to decode this image") from None
+    except Exception as exc:  # decoders raise many types for corrupt files; report, don't crash
+        raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+
+
+def image_shape(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of an image, reading only the header where the format allows it."""
+    path = Path(path)
+    if path.suffix.lower() in _TIFF:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return int(page.imagelength), int(page.imagewidth)
+    image = read_image(path)
+    return int(image.shape[0]), int(image.shape[1])
+
+
+def label_dtype(n_max: int) -> np.dtype:
+    """uint16 when every label fits, uint32 otherwise (never silently capped at 65535)."""
+    if n_max < 0:
+        raise ValueError(f"labels must be >= 0, got max {n_max}")
+    if n_max <= np.iinfo(np.uint16).max:
+        return np.dtype(np.uint16)
+    if n_max <= np.iinfo(np.uint32).max:
+        return np.dtype(np.uint32)
+    raise ValueError(f"{n_max} labels do not fit in uint32")
+
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
+    """Write an instance label map as a zlib-compressed TIFF, atomically.
+
+    Parameters
+    ----------
+    path : destination, conventionally ``<stem>_label.tiff``.
+    labels : (H, W) integer array, 0 background, 1..N cells.
+
+    The data go to a hidden temporary file in the same folder, are flushed to disk, and the file
+    is renamed onto ``path``: readers see either nothing or the whole file.
+    """
+    import tifffile
+
+    path = Path(path)
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"labels must be 2-D (H, W), got shape {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    n_max = int(labels.max()) if labels.size else 0
+    if labels.size and int(labels.min()) < 0:
+        raise ValueError("labels must be >= 0")
+    out = labels.astype(label_dtype(n_max), copy=False)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            tifffile.imwrite(fh, out, compression="zlib")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
