@@ -35,8 +35,9 @@ def tiny_spec():
                      metadata={"note": "untrained tiny model for tests"})
 
 
-def export_onnx(module, path: Path, tile: int, opset: int = 18) -> None:
-    """Export ``module`` ((B, 3, H, W) -> (B, 5, H, W)) to ONNX with dynamic B, H, W."""
+def export_onnx(module, path: Path, tile: int, dynamic_spatial: bool = True, opset: int = 18) -> None:
+    """Export ``module`` ((B, 3, H, W) -> (B, 5, H, W)) to ONNX with dynamic B (and H, W when
+    ``dynamic_spatial``; Swin's shifted-window masks are traced for one size, so it keeps tile x tile)."""
     import torch
 
     module = module.eval()
@@ -46,15 +47,17 @@ def export_onnx(module, path: Path, tile: int, opset: int = 18) -> None:
     # onnxscript rewrite surprises; dynamo=False keeps it on that path.
     torch.onnx.export(
         module, (example,), str(tmp), input_names=["image"], output_names=["outputs"],
-        dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                      "outputs": {0: "batch", 2: "height", 3: "width"}},
+        dynamic_axes={name: ({0: "batch", 2: "height", 3: "width"} if dynamic_spatial else {0: "batch"})
+                      for name in ("image", "outputs")},
         opset_version=opset, dynamo=False, do_constant_folding=True,
     )
     os.replace(tmp, path)
 
 
-def check_onnx_matches_torch(module, onnx_path: Path, tile: int, seed: int = 0, batch: int = 3) -> float:
-    """Max abs difference between ONNX Runtime and PyTorch on random inputs (incl. a non-square size)."""
+def check_onnx_matches_torch(module, onnx_path: Path, tile: int, dynamic_spatial: bool = True,
+                             seed: int = 0, batch: int = 3) -> float:
+    """Max abs difference between ONNX Runtime and PyTorch on random inputs (and a non-square size
+    when the model has dynamic height and width)."""
     import numpy as np
     import onnxruntime as ort
     import torch
@@ -62,7 +65,8 @@ def check_onnx_matches_torch(module, onnx_path: Path, tile: int, seed: int = 0, 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(seed)
     worst = 0.0
-    for shape in [(batch, 3, tile, tile), (1, 3, tile, 2 * tile)]:
+    shapes = [(batch, 3, tile, tile)] + ([(1, 3, tile, 2 * tile)] if dynamic_spatial else [])
+    for shape in shapes:
         x = rng.random(shape, dtype=np.float32)
         with torch.inference_mode():
             expected = module.eval()(torch.from_numpy(x)).numpy()
@@ -80,7 +84,7 @@ def export_weights(state_dict: dict[str, Any], spec, out_dir: str | os.PathLike,
     import torch
 
     from .config import save_spec
-    from .nets import build_network, with_probabilities
+    from .nets import FULLY_CONVOLUTIONAL, build_network, with_probabilities
     from .predictors import ONNX_NAME, SPEC_NAME, TORCH_NAME, sha256_file
 
     out = Path(out_dir)
@@ -91,8 +95,9 @@ def export_weights(state_dict: dict[str, Any], spec, out_dir: str | os.PathLike,
     tile = spec.tiling.tile_size
 
     onnx_path, torch_path, spec_path = out / ONNX_NAME, out / TORCH_NAME, out / SPEC_NAME
-    export_onnx(module, onnx_path, tile)
-    diff = check_onnx_matches_torch(module, onnx_path, tile)
+    dynamic = spec.model.arch in FULLY_CONVOLUTIONAL
+    export_onnx(module, onnx_path, tile, dynamic_spatial=dynamic)
+    diff = check_onnx_matches_torch(module, onnx_path, tile, dynamic_spatial=dynamic)
     logger.info("ONNX Runtime vs PyTorch: max abs diff %.2e", diff)
     if not diff < TOLERANCE:
         raise RuntimeError(f"ONNX export of {spec.model.arch} differs from PyTorch by {diff:.2e} (> {TOLERANCE})")

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from .config import ModelConfig
 
-__all__ = ["build_network", "with_probabilities", "ARCHITECTURES"]
+__all__ = ["build_network", "with_probabilities", "ARCHITECTURES", "FULLY_CONVOLUTIONAL"]
 
 
 def _unet(**kwargs: Any):
@@ -26,6 +26,8 @@ def _swin_unetr(**kwargs: Any):
 
 
 ARCHITECTURES: dict[str, Callable[..., Any]] = {"unet": _unet, "swin_unetr": _swin_unetr}
+# Networks that accept any input size (multiple of 16); the others run on tile x tile inputs only.
+FULLY_CONVOLUTIONAL = frozenset({"unet"})
 
 
 def build_network(config: ModelConfig):

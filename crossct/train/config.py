@@ -1,0 +1,122 @@
+"""Training settings: one frozen dataclass, filled from defaults < a JSON file < command-line flags.
+
+Every field is a ``--flag`` of ``python -m crossct.train``; the resolved settings are saved with the
+run (``config.json``) and inside every checkpoint, so a run can be resumed and reproduced exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence, get_args
+
+__all__ = ["TrainConfig", "add_config_arguments", "config_from_args"]
+
+Mode = Literal["supervised", "cross-teach"]
+ModelName = Literal["unet", "swin"]
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: Mode = _help("supervised pre-training of one network, or cross-teaching of two", default="supervised")
+    model: ModelName = _help("network to pre-train (supervised mode)", default="unet")
+    run_dir: str = _help("folder for checkpoints, logs and the saved config", default="runs/crossct")
+    data: str = _help("data folder holding manifest.csv (default: $CROSSCT_DATA or ../shared/data)", default="")
+    manifest: str = _help("manifest CSV (default: DATA/manifest.csv)", default="")
+    images_dir: str = _help("paired-folder alternative to the manifest: images", default="")
+    labels_dir: str = _help("paired-folder alternative to the manifest: <stem>_label.tiff labels", default="")
+    unlabelled: tuple[str, ...] = _help("folders of unlabelled images for cross-teaching (default: DATA/unlabeled/*)", default=())
+    labelled_as_unlabelled: bool = _help("also use the labelled training images, labels withheld, as unlabelled data", default=True)
+    cache_dir: str = _help("target cache (default: ~/.cache/crossct/targets)", default="")
+    cnn: str = _help("cross-teach: supervised U-Net checkpoint to start from", default="")
+    transformer: str = _help("cross-teach: supervised Swin-UNETR checkpoint to start from", default="")
+
+    steps: int = _help("total optimisation steps", default=2000)
+    batch_size: int = _help("labelled crops per step (per process)", default=8)
+    unlabelled_batch_size: int = _help("unlabelled crops per step (cross-teach, per process)", default=8)
+    crop: int = _help("training crop size", default=256)
+    lr: float = _help("peak learning rate (AdamW)", default=2e-3)
+    weight_decay: float = _help("AdamW weight decay", default=1e-4)
+    warmup_steps: int = _help("linear warm-up steps", default=100)
+    poly_power: float = _help("polynomial decay power after warm-up", default=0.9)
+    lambda_max: float = _help("cross-teaching weight maximum (paper: 0.1)", default=0.1)
+    mse_weight: float = _help("weight of the distance-map MSE terms", default=1.0)
+    source_alpha: float = _help("sampling weight per image ~ 1 / n_source**alpha (0: uniform over images, 1: uniform over sources)", default=0.5)
+    num_workers: int = _help("data-loader workers", default=0)
+    seed: int = _help("seed for weights, sampling and augmentation", default=0)
+    threads: int = _help("torch CPU threads (0: all cores)", default=0)
+
+    val_every: int = _help("validate every N steps (0: only at the end)", default=500)
+    val_max_images: int = _help("validate on at most N val images, spread over sources (0: all)", default=0)
+    checkpoint_minutes: float = _help("write last.pt at least this often", default=5.0)
+    checkpoint_every: int = _help("also write last.pt every N steps (0: off)", default=0)
+    stop_after: int = _help("stop this process after N steps of this run (testing resume; 0: off)", default=0)
+
+    def __post_init__(self) -> None:
+        for name, literal in (("mode", Mode), ("model", ModelName)):
+            if getattr(self, name) not in get_args(literal):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(get_args(literal))}")
+        if self.mode == "cross-teach" and not (self.cnn and self.transformer):
+            raise ValueError("cross-teach needs --cnn CKPT and --transformer CKPT (supervised checkpoints)")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["unlabelled"] = list(self.unlabelled)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training settings {sorted(unknown)}; valid: {sorted(known)}")
+        d = dict(d)
+        if "unlabelled" in d:
+            d["unlabelled"] = tuple(d["unlabelled"])
+        return cls(**d)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    """One flag per :class:`TrainConfig` field, default None so that only given flags override."""
+    parser.add_argument("--config", help="JSON file of settings (flags given on the command line win)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        default = f.default
+        help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
+        if f.type in (bool, "bool"):
+            parser.add_argument(_flag(f.name), dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+        elif f.name == "unlabelled":
+            parser.add_argument(_flag(f.name), dest=f.name, default=None, nargs="*", help=help_text)
+        else:
+            kind = {int: int, float: float}.get(type(default), str)
+            choices = None
+            if f.name in ("mode", "model"):
+                choices = list(get_args(Mode if f.name == "mode" else ModelName))
+            parser.add_argument(_flag(f.name), dest=f.name, default=None, type=kind, choices=choices, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace, **fixed: Any) -> TrainConfig:
+    """Defaults < ``--config`` JSON < explicit flags < ``fixed``."""
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(json.loads(Path(args.config).read_text()))
+    for f in dataclasses.fields(TrainConfig):
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+    values.update(fixed)
+    return TrainConfig.from_dict(values)
