@@ -38,16 +38,20 @@ class Summary:
     timings: Timings = field(default_factory=Timings)
 
 
-def find_work(input_dir: Path, output_dir: Path, skip_existing: bool = False) -> tuple[list[WorkItem], list[tuple[str, str]]]:
-    """The images to segment and the ones refused up front.
+def find_work(
+    input_dir: Path, output_dir: Path, skip_existing: bool = False
+) -> tuple[list[WorkItem], list[tuple[str, str]], list[WorkItem]]:
+    """The images to segment, the ones refused up front (file, reason), and the ones skipped.
 
     Two inputs whose names map to the same ``<stem>_label.tiff`` are both refused, naming each
-    other: writing either would silently overwrite the other's result.
+    other: writing either would silently overwrite the other's result.  With ``skip_existing``,
+    images whose label file already exists are returned as skipped, not as work.
     """
     by_output: dict[str, list[Path]] = {}
     for image in list_images(input_dir):
         by_output.setdefault(output_name(image), []).append(image)
     work: list[WorkItem] = []
+    skipped: list[WorkItem] = []
     errors: list[tuple[str, str]] = []
     for name, images in by_output.items():
         if len(images) > 1:
@@ -58,9 +62,10 @@ def find_work(input_dir: Path, output_dir: Path, skip_existing: bool = False) ->
         item = WorkItem(images[0], output_dir / name)
         if skip_existing and item.output.exists():
             logger.debug("skipping %s: %s exists", item.image, item.output)
+            skipped.append(item)
             continue
         work.append(item)
-    return work, errors
+    return work, errors, skipped
 
 
 def run_batch(

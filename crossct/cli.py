@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .batch import find_work, run_batch
     from .predictors import WeightsError, load_predictor
 
-    work, errors = find_work(Path(args.input), Path(args.output), skip_existing=args.skip_existing)
+    work, errors, skipped = find_work(Path(args.input), Path(args.output), skip_existing=args.skip_existing)
     try:
         predictor = load_predictor(args.weights, backend=args.backend, device=args.device)
     except (WeightsError, ValueError) as exc:
@@ -108,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = run_batch(work, predictor, spec, overlay_dir=Path(args.overlay) if args.overlay else None,
                         progress=lambda items: _progress(items, not args.quiet))
     summary.failed.extend(errors)
+    summary.skipped += len(skipped)
     elapsed = time.perf_counter() - start
     for name, reason in summary.failed:
         logger.error("FAILED %s: %s", name, reason)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -73,9 +74,24 @@ def _check_size(path: Path, shape: tuple[int, ...]) -> None:
         )
 
 
-def _to_hwc(path: Path, array: np.ndarray) -> np.ndarray:
-    """Bring a decoded array to (H, W, C): channel-last or channel-first, singleton axes dropped."""
+def _to_hwc(path: Path, array: np.ndarray, axes: str | None = None) -> np.ndarray:
+    """Bring a decoded TIFF array to (H, W, C): channel-last or channel-first, singleton axes dropped.
+
+    ``axes`` are tifffile's axis codes; where they name the image plane (Y, X) and the channel
+    axis (S samples or C channels) they are trusted, so a 1-pixel-high or 3x3 RGB image is not
+    mistaken for something else.  Otherwise the layout is guessed from the shape.
+    """
     array = np.asarray(array)
+    if axes is not None and len(axes) == array.ndim and "Y" in axes and "X" in axes:
+        keep = [i for i, (a, s) in enumerate(zip(axes, array.shape)) if a in "YX" or s != 1]
+        array = array.reshape([array.shape[i] for i in keep])
+        axes = "".join(axes[i] for i in keep)
+        if axes == "YX":
+            return array[:, :, None]
+        if len(axes) == 3 and axes[:2] == "YX" and axes[2] in "SC":
+            return array
+        if len(axes) == 3 and axes[1:] == "YX" and axes[0] in "SC":
+            return np.moveaxis(array, 0, -1)
     if array.ndim > 2:
         array = array.reshape([s for s in array.shape if s != 1] or [1, 1])
     if array.ndim == 2:
@@ -99,12 +115,31 @@ def _read_tiff(path: Path) -> np.ndarray:
         if not tif.series:
             raise ImageReadError(f"{path}: TIFF holds no image")
         series = tif.series[0]
-        squeezed = [s for s in series.shape if s != 1]
-        _check_size(path, tuple(sorted(squeezed, reverse=True)[:2]) if len(squeezed) >= 2 else tuple(squeezed))
+        axes = series.axes
+        if "Y" in axes and "X" in axes:
+            _check_size(path, (series.shape[axes.index("Y")], series.shape[axes.index("X")]))
+        else:
+            squeezed = [s for s in series.shape if s != 1]
+            _check_size(path, tuple(sorted(squeezed, reverse=True)[:2]) if len(squeezed) >= 2 else tuple(squeezed))
         if len(tif.series) > 1:
             logger.warning("%s: multi-series TIFF, reading the first series only", path)
         array = series.asarray()
-    return _to_hwc(path, array)
+    return _to_hwc(path, array, series.axes)
+
+
+def _declared_shape(data: np.ndarray) -> tuple[int, int] | None:
+    """(H, W) from a PNG or BMP header, read before decoding; None for other formats."""
+    head = data[:26].tobytes()
+    if len(head) >= 24 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", head[16:24])
+        return height, width
+    if len(head) >= 26 and head[:2] == b"BM":
+        if struct.unpack("<I", head[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+            width, height = struct.unpack("<HH", head[18:22])
+        else:
+            width, height = struct.unpack("<ii", head[18:26])
+        return abs(height), abs(width)
+    return None
 
 
 def _read_with_cv2(path: Path) -> np.ndarray:
@@ -113,6 +148,9 @@ def _read_with_cv2(path: Path) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)  # np.fromfile copes with any file name; cv2.imread may not
     if data.size == 0:
         raise ImageReadError(f"{path}: file is empty (0 bytes)")
+    declared = _declared_shape(data)
+    if declared is not None:  # refuse a decompression bomb before the decoder allocates for it
+        _check_size(path, declared)
     array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if array is None:
         raise ImageReadError(f"{path}: not a decodable {path.suffix.lower()} image (corrupt, truncated or not an image)")
@@ -120,7 +158,8 @@ def _read_with_cv2(path: Path) -> np.ndarray:
     if array.ndim == 3 and array.shape[2] >= 3:
         # OpenCV decodes to BGR(A); the rest of the pipeline expects RGB(A).
         array = array[:, :, [2, 1, 0, *range(3, array.shape[2])]]
-    return _to_hwc(path, array)
+    # OpenCV always decodes to (H, W) or (H, W, C): no layout to guess (guessing broke 3x3 RGB).
+    return array[:, :, None] if array.ndim == 2 else array
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -162,9 +201,20 @@ def image_shape(path: str | os.PathLike) -> tuple[int, int]:
     if path.suffix.lower() in _TIFF:
         import tifffile
 
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            return int(page.imagelength), int(page.imagewidth)
+        try:
+            with tifffile.TiffFile(path) as tif:
+                if not tif.series:
+                    raise ImageReadError(f"{path}: TIFF holds no image")
+                series = tif.series[0]
+                # A zero-strided stand-in goes through read_image's layout rules without reading
+                # pixels, so both agree on which axes are H and W (the first page's size may not).
+                stand_in = np.broadcast_to(np.zeros((), series.dtype), series.shape)
+                shape = _to_hwc(path, stand_in, series.axes).shape
+        except ImageReadError:
+            raise
+        except Exception as exc:
+            raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+        return int(shape[0]), int(shape[1])
     image = read_image(path)
     return int(image.shape[0]), int(image.shape[1])
 

@@ -176,6 +176,8 @@ class TorchPredictor:
             raise WeightsError(f"{self.model_path}: weights do not fit the spec's {spec.model.arch}: {exc}") from exc
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device == "cuda" and not torch.cuda.is_available():
+            raise WeightsError(f"device 'cuda' requested but PyTorch {torch.__version__} sees no CUDA device")
         self.device = torch.device(device)
         self.module = with_probabilities(network).to(self.device).eval()
         self.description = f"torch {torch.__version__} {self.device}"
@@ -243,6 +245,8 @@ def load_predictor(weights: str | os.PathLike | None = None, backend: Backend = 
         _verify_checksum(onnx_path, spec, spec_path)
         return OnnxPredictor(onnx_path, spec, device=device)
     if not has_torch:
+        if backend == "torch":
+            raise WeightsError(f"backend 'torch' requested but {torch_path or folder / TORCH_NAME} does not exist")
         raise WeightsError(_missing_weights_message(folder))
     _verify_checksum(torch_path, spec, spec_path)
     return TorchPredictor(torch_path, spec=spec, device=device)
