@@ -70,9 +70,15 @@ class TilingConfig:
     blending: Blending = "gaussian"
     sigma_scale: float = 0.125  # Gaussian sigma as a fraction of the tile size
     batch_size: int = 8
+    # Images larger than block_size + 2 * block_margin on a side are segmented block by block
+    # (bounded memory on whole slides); the margin gives each block's cells their full extent.
+    block_size: int = 2048
+    block_margin: int = 256
 
     def __post_init__(self) -> None:
         _check_choice("blending", self.blending, Blending)
+        if self.block_size < self.tile_size or self.block_margin < 0:
+            raise ValueError(f"block_size={self.block_size} must be >= tile_size and block_margin >= 0")
         if self.tile_size < 16 or self.tile_size % 16:
             raise ValueError(f"tile_size={self.tile_size} must be a multiple of 16 and >= 16")
         if not 0 <= self.overlap < 1:

@@ -12,7 +12,7 @@ import numpy as np
 
 from .config import NormalizeConfig
 
-__all__ = ["to_three_channels", "normalize_image"]
+__all__ = ["to_three_channels", "channel_bounds", "normalize_image"]
 
 # Percentiles of very large images are estimated on a regular subsample: exact enough for a
 # 1-99 % range and keeps normalisation linear-time on whole slides.
@@ -59,36 +59,72 @@ def _percentiles(channel: np.ndarray, lower: float, upper: float) -> tuple[float
     return float(lo), float(hi)
 
 
-def normalize_image(image: np.ndarray, config: NormalizeConfig = NormalizeConfig()) -> np.ndarray:
+def channel_bounds(image: np.ndarray, config: NormalizeConfig = NormalizeConfig()) -> list[tuple[float, float] | None]:
+    """The (low, high) percentiles of each of the 3 model channels' non-zero pixels (None: all zero).
+
+    Computed once per distinct source channel (a gray image is measured once, not three times)
+    and on a regular subsample of very large images, so a whole slide is measured in one pass
+    and its blocks can then be normalised alike.
+    """
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    source = [0, 0, 0] if image.shape[2] == 1 else [c if c < image.shape[2] else None for c in range(3)]
+    measured: dict[int, tuple[float, float] | None] = {}
+    bounds: list[tuple[float, float] | None] = []
+    for c in source:
+        if c is None:
+            bounds.append(None)
+            continue
+        if c not in measured:
+            measured[c] = _percentiles(_finite(image[:, :, c]), config.lower_percentile, config.upper_percentile)
+        bounds.append(measured[c])
+    return bounds
+
+
+def normalize_image(image: np.ndarray, config: NormalizeConfig = NormalizeConfig(),
+                    bounds: list[tuple[float, float] | None] | None = None,
+                    channels_first: bool = False) -> np.ndarray:
     """Normalise an image for the network.
 
     Parameters
     ----------
     image : (H, W) or (H, W, C) array of any numeric dtype (NaN and inf allowed).
     config : percentiles and the minimum range that is stretched.
+    bounds : per-channel (low, high) from :func:`channel_bounds`; measured on ``image`` when None
+        (pass them to normalise a block of a large image like the whole).
+    channels_first : return (3, H, W), the network's layout, without an extra copy.
 
     Returns
     -------
-    (H, W, 3) float32 array in [0, 1].
+    (H, W, 3) float32 array in [0, 1] ((3, H, W) with ``channels_first``).
 
     Examples
     --------
     >>> normalize_image(np.array([[0, 10], [20, 30]], np.uint16)).shape
     (2, 2, 3)
     """
-    rgb = to_three_channels(image)
-    out = np.empty(rgb.shape, dtype=np.float32)
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3:
+        raise ValueError(f"image must be (H, W) or (H, W, C), got shape {image.shape}")
+    if bounds is None:
+        bounds = channel_bounds(image, config)
+    height, width, channels = image.shape
+    out = np.empty((3, height, width), dtype=np.float32)
     for c in range(3):
-        channel = _finite(rgb[:, :, c])
-        bounds = _percentiles(channel, config.lower_percentile, config.upper_percentile)
-        if bounds is None:
-            out[:, :, c] = 0.0
+        src = 0 if channels == 1 else c
+        if src >= channels or bounds[c] is None:
+            out[c] = 0.0
             continue
-        lo, hi = bounds
+        channel = _finite(image[:, :, src])
+        lo, hi = bounds[c]
         if hi - lo > config.min_range:
-            scaled = (channel - lo) * np.float32(1.0 / (hi - lo))
-            np.clip(scaled, 0.0, 1.0, out=out[:, :, c])
+            np.subtract(channel, np.float32(lo), out=out[c])
+            out[c] *= np.float32(1.0 / (hi - lo))
+            np.clip(out[c], 0.0, 1.0, out=out[c])
         else:
             # No contrast to stretch: keep where the signal is, at full scale.
-            out[:, :, c] = channel != 0
-    return out
+            out[c] = channel != 0
+    return out if channels_first else out.transpose(1, 2, 0)

@@ -35,7 +35,7 @@ def predict_outputs(image: np.ndarray, predictor: Predictor, spec: ModelSpec | N
     spec = spec or predictor.spec
     timings = timings if timings is not None else Timings()
     t0 = time.perf_counter()
-    x = np.ascontiguousarray(normalize_image(image, spec.normalize).transpose(2, 0, 1))
+    x = normalize_image(image, spec.normalize, channels_first=True)
     t1 = time.perf_counter()
     outputs = sliding_window(x, predictor.predict, spec.tiling, out_channels=len(spec.output_channels))
     timings.normalize += t1 - t0
@@ -56,12 +56,17 @@ def segment(image: np.ndarray, predictor: Predictor, spec: ModelSpec | None = No
 
     Returns
     -------
-    (H, W) int32 instance labels, 0 background, 1..N cells.
+    (H, W) int32 instance labels, 0 background, 1..N cells (uint32 for images segmented block by
+    block, see :mod:`crossct.blocks`).
     """
     spec = spec or predictor.spec
     timings = timings if timings is not None else Timings()
     if image.ndim == 2:
         image = image[:, :, None]
+    from .blocks import needs_blocks, segment_blocks
+
+    if needs_blocks(image.shape, spec):
+        return segment_blocks(image, predictor, spec, timings)
     outputs = predict_outputs(image, predictor, spec, timings)
     t0 = time.perf_counter()
     labels = postprocess(outputs, spec.postprocess)
