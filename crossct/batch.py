@@ -18,7 +18,7 @@ from .io import ImageReadError, list_images, output_name, read_image, write_labe
 from .pipeline import Timings, segment
 from .predictors import Predictor
 
-__all__ = ["WorkItem", "Summary", "find_work", "run_batch"]
+__all__ = ["WorkItem", "Summary", "find_work", "run_batch", "shard_from_env"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +38,26 @@ class Summary:
     timings: Timings = field(default_factory=Timings)
 
 
+def shard_from_env() -> tuple[int, int]:
+    """(rank, world size) from torchrun's ``RANK`` / ``WORLD_SIZE`` (0, 1 when not set)."""
+    import os
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} must be in [0, WORLD_SIZE={world})")
+    return rank, world
+
+
 def find_work(
-    input_dir: Path, output_dir: Path, skip_existing: bool = False
+    input_dir: Path, output_dir: Path, skip_existing: bool = False, rank: int = 0, world: int = 1
 ) -> tuple[list[WorkItem], list[tuple[str, str]], list[WorkItem]]:
     """The images to segment, the ones refused up front (file, reason), and the ones skipped.
 
     Two inputs whose names map to the same ``<stem>_label.tiff`` are both refused, naming each
     other: writing either would silently overwrite the other's result.  With ``skip_existing``,
-    images whose label file already exists are returned as skipped, not as work.
+    images whose label file already exists are returned as skipped, not as work.  With
+    ``world > 1`` only every ``world``-th output name from ``rank`` on is this process's share
+    (N processes or GPUs split one folder without talking to each other).
     """
     by_output: dict[str, list[Path]] = {}
     for image in list_images(input_dir):
@@ -53,7 +65,9 @@ def find_work(
     work: list[WorkItem] = []
     skipped: list[WorkItem] = []
     errors: list[tuple[str, str]] = []
-    for name, images in by_output.items():
+    for position, (name, images) in enumerate(sorted(by_output.items())):
+        if position % world != rank:
+            continue
         if len(images) > 1:
             names = ", ".join(p.name for p in images)
             for image in images:

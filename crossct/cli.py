@@ -91,10 +91,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error(problem)
         return EXIT_FATAL
 
-    from .batch import find_work, run_batch
+    from .batch import find_work, run_batch, shard_from_env
     from .predictors import WeightsError, load_predictor
 
-    work, errors, skipped = find_work(Path(args.input), Path(args.output), skip_existing=args.skip_existing)
+    rank, world = shard_from_env()
+    work, errors, skipped = find_work(Path(args.input), Path(args.output), skip_existing=args.skip_existing,
+                                      rank=rank, world=world)
+    if world > 1:
+        logger.info("process %d of %d: %d image(s) in this share", rank, world, len(work))
     try:
         predictor = load_predictor(args.weights, backend=args.backend, device=args.device)
     except (WeightsError, ValueError) as exc:

@@ -103,7 +103,9 @@ class OnnxPredictor:
                 ort.preload_dlls()
             except Exception as exc:  # noqa: BLE001 - a failed preload just means the CPU fallback
                 logger.debug("onnxruntime.preload_dlls failed: %s", exc)
-        providers = (["CUDAExecutionProvider"] if want_cuda else []) + ["CPUExecutionProvider"]
+        # Under torchrun each process drives its own GPU.
+        cuda_options = {"device_id": int(os.environ.get("LOCAL_RANK", "0"))}
+        providers = ([("CUDAExecutionProvider", cuda_options)] if want_cuda else []) + ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = _cpu_threads()
@@ -178,6 +180,8 @@ class TorchPredictor:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         elif device == "cuda" and not torch.cuda.is_available():
             raise WeightsError(f"device 'cuda' requested but PyTorch {torch.__version__} sees no CUDA device")
+        if device == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # one GPU per torchrun process
         self.device = torch.device(device)
         self.module = with_probabilities(network).to(self.device).eval()
         self.description = f"torch {torch.__version__} {self.device}"
