@@ -1,0 +1,132 @@
+"""Tune the post-processing thresholds of a model on validation images with the challenge F1.
+
+``python -m crossct.train.tune WEIGHTS [--data DIR] [--write]``
+
+The network runs once per image; the blended outputs are kept and only the post-processing is
+repeated, by coordinate descent over each setting in turn (two passes), maximising the same
+score that picks checkpoints during training.  ``--write`` stores the result in the weights'
+``model.json`` (checksums untouched: they cover the model files, not the thresholds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["tune_postprocess", "score_outputs", "main", "SEARCH_SPACE"]
+
+logger = logging.getLogger(__name__)
+
+SEARCH_SPACE: dict[str, list[Any]] = {
+    "seed_threshold": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
+    "mask_threshold": [0.3, 0.4, 0.5, 0.6],
+    "smooth_sigma": [0.0, 1.0, 2.0],
+    "min_seed_size": [1, 3, 8],
+    "min_size": [8, 16, 32],
+}
+
+
+def score_outputs(cached: list[dict[str, Any]], post) -> dict[str, Any]:
+    """F1 summary (as in training validation) of post-processing ``post`` applied to cached outputs."""
+    from evaluate import f1_score
+
+    from ..postprocess import postprocess
+    from .loops import summarize
+
+    per_source: dict[str, list[float]] = {}
+    for item in cached:
+        f1 = f1_score(item["label"], postprocess(item["outputs"], post))["f1"]
+        per_source.setdefault(item["source"], []).append(float(f1))
+    return summarize(per_source)
+
+
+def _objective(summary: dict[str, Any]) -> float:
+    return 0.5 * (summary["mean"] + summary["source_mean"])
+
+
+def tune_postprocess(cached: list[dict[str, Any]], start, passes: int = 2,
+                     space: dict[str, list[Any]] | None = None):
+    """Coordinate descent over ``space`` from ``start`` (a PostprocessConfig, method watershed).
+
+    Returns (best config, its summary, trace of (setting, value, objective)).
+    """
+    space = space or SEARCH_SPACE
+    best = dataclasses.replace(start, method="watershed")
+    best_summary = score_outputs(cached, best)
+    best_score = _objective(best_summary)
+    trace = [("start", None, best_score)]
+    for _ in range(passes):
+        improved = False
+        for name, values in space.items():
+            for value in values:
+                if getattr(best, name) == value:
+                    continue
+                candidate = dataclasses.replace(best, **{name: value})
+                summary = score_outputs(cached, candidate)
+                score = _objective(summary)
+                trace.append((name, value, score))
+                if score > best_score + 1e-6:
+                    best, best_summary, best_score, improved = candidate, summary, score, True
+        if not improved:
+            break
+    return best, best_summary, trace
+
+
+def cache_outputs(predictor, records) -> list[dict[str, Any]]:
+    """Run the network once per validation image; keep outputs and labels in memory."""
+    import tifffile
+
+    from ..io import read_image
+    from ..pipeline import predict_outputs
+
+    cached = []
+    for r in records:
+        cached.append({"outputs": predict_outputs(read_image(r.image), predictor), "label": tifffile.imread(r.label),
+                       "source": r.source, "name": r.name})
+    return cached
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m crossct.train.tune", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("weights", help="weights folder (model.json + model.onnx/.pt) or a checkpoint")
+    p.add_argument("--data", default=None, help="data folder with manifest.csv (default: $CROSSCT_DATA or ../shared/data)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--write", action="store_true", help="store the tuned thresholds in WEIGHTS/model.json")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+    from ..config import load_spec, save_spec
+    from ..predictors import load_predictor
+    from .data import read_manifest
+    from .loops import default_data_dir
+
+    data = Path(args.data) if args.data else default_data_dir()
+    records = read_manifest(data / "manifest.csv", split=args.split)
+    predictor = load_predictor(args.weights)
+    cached = cache_outputs(predictor, records)
+    start = predictor.spec.postprocess
+    before = score_outputs(cached, start)
+    best, summary, trace = tune_postprocess(cached, start)
+    logger.info("tried %d settings", len(trace))
+    result = {"before": {"postprocess": dataclasses.asdict(start), **before},
+              "after": {"postprocess": dataclasses.asdict(best), **summary}}
+    print(json.dumps(result, indent=2))
+    if args.write:
+        spec_path = Path(args.weights) / "model.json"
+        spec = load_spec(spec_path)
+        tuned = {"split": args.split, "score_before": round(_objective(before), 4), "score_after": round(_objective(summary), 4)}
+        save_spec(spec.replace(postprocess=best, metadata={**spec.metadata, "postprocess_tuning": tuned}), spec_path)
+        print(f"wrote tuned post-processing into {Path(args.weights) / 'model.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
