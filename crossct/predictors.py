@@ -72,6 +72,25 @@ def _verify_checksum(path: Path, spec: ModelSpec, spec_path: Path) -> None:
         )
 
 
+def _cuda_devices_visible() -> bool:
+    """Whether the NVIDIA driver shows at least one GPU (Linux; elsewhere let ONNX Runtime try).
+
+    Asked before creating a CUDA session so that a GPU image on a machine without a GPU falls
+    back to the CPU with one log line instead of ONNX Runtime's errors.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return True
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return libcuda.cuInit(0) == 0 and libcuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+
+
 def _cpu_threads() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -98,6 +117,9 @@ class OnnxPredictor:
         want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
         if device == "cuda" and not want_cuda:
             raise WeightsError(f"device 'cuda' requested but ONNX Runtime offers only {available}")
+        if want_cuda and device == "auto" and not _cuda_devices_visible():
+            logger.warning("no GPU visible (no NVIDIA driver or device): ONNX Runtime falls back to the CPU")
+            want_cuda = False
         if want_cuda and hasattr(ort, "preload_dlls"):
             try:  # CUDA/cuDNN from pip wheels (nvidia-*) are found this way
                 ort.preload_dlls()
