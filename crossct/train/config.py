@@ -32,6 +32,8 @@ class TrainConfig:
     manifest: str = _help("manifest CSV (default: DATA/manifest.csv)", default="")
     images_dir: str = _help("paired-folder alternative to the manifest: images", default="")
     labels_dir: str = _help("paired-folder alternative to the manifest: <stem>_label.tiff labels", default="")
+    val_images_dir: str = _help("paired-folder validation images (with --images-dir)", default="")
+    val_labels_dir: str = _help("paired-folder validation labels (with --images-dir)", default="")
     unlabelled: tuple[str, ...] = _help("folders of unlabelled images for cross-teaching (default: DATA/unlabeled/*)", default=())
     labelled_as_unlabelled: bool = _help("also use the labelled training images, labels withheld, as unlabelled data", default=True)
     cache_dir: str = _help("target cache (default: ~/.cache/crossct/targets)", default="")

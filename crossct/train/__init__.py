@@ -1,0 +1,6 @@
+"""Training: instance labels -> targets -> augmented crops -> losses -> loop -> checkpoint -> export.
+
+Modules, in data-flow order: :mod:`~crossct.train.targets` (3-class and distance maps from instance
+labels, cached on disk), :mod:`~crossct.train.data` (records, in-memory datasets, augmentation,
+source-balanced sampling), then losses, loops, checkpoint and the ``python -m crossct.train`` CLI.
+"""

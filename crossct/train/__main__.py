@@ -1,0 +1,54 @@
+"""``python -m crossct.train supervised|cross-teach [flags]`` (or ``crossct-train``).
+
+Examples::
+
+    python -m crossct.train supervised --model unet --run-dir runs/unet --steps 6000
+    python -m crossct.train supervised --model swin --run-dir runs/swin
+    python -m crossct.train cross-teach --cnn runs/unet/best_unet.pt --transformer runs/swin/best_swin.pt \\
+        --run-dir runs/crossct
+    python -m crossct.train supervised --run-dir runs/unet --resume        # continue a stopped run
+    torchrun --nproc_per_node 4 -m crossct.train supervised ...            # several GPUs / processes
+
+Settings come from defaults < ``--config FILE.json`` < flags; all are saved in RUN_DIR/config.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Sequence
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .config import add_config_arguments
+
+    p = argparse.ArgumentParser(prog="python -m crossct.train", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, text in (("supervised", "supervised pre-training of one network (--model unet|swin)"),
+                       ("cross-teach", "cross-teaching of a CNN and a Transformer from supervised checkpoints")):
+        sp = sub.add_parser(name, help=text, description=text)
+        sp.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt")
+        sp.add_argument("-v", "--verbose", action="store_true")
+        add_config_arguments(sp, skip=("mode",))
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from .config import config_from_args
+    from .loops import train
+
+    cfg = config_from_args(args, mode=args.command)
+    result = train(cfg, resume=args.resume)
+    logging.getLogger("crossct.train").info("done: %s", result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

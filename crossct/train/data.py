@@ -1,0 +1,598 @@
+"""Training data: records, in-memory datasets of augmented crops, source-balanced sampling.
+
+Data flow: a manifest CSV or paired folders -> :class:`Record` s -> :class:`LabelledDataset` (images
+read and normalised once, targets from the :class:`~crossct.train.targets.TargetCache`, all held in
+memory) -> one augmented ``crop x crop`` item per index, drawn with an RNG keyed by
+``(seed, epoch, index)`` -> a sampler whose weights keep the largest source from drowning the small
+ones (:func:`source_weights`).
+
+Memory: normalised images and distance maps are kept as ``uint8`` (value / 255: steps of 0.004, far
+finer than the intensity jitter and than any network's regression error; converting uint8 is also
+several times faster than float16 per crop), images with a single channel when the three normalised
+channels are equal, class maps as ``uint8``: 4 bytes per pixel for a grey image instead of 8 with
+float16 distances (all 674 pairs of ``../shared/data``: 172 MiB images + 424 MiB targets). Images
+used by both a labelled and an unlabelled dataset are held once (shared through a weak-value store).
+
+Scale jitter: the window cut from the image is ``crop / scale`` pixels and is resized to ``crop``:
+the image and the distance maps linearly, the class map with (centre-aligned) nearest neighbour.
+Recomputing the targets from a resized *instance* label would be exact but costs tens of ms to a
+second per item; the distance maps are normalised per cell, hence nearly scale invariant, so
+interpolating them is close, and only the boundary ring's width scales with the zoom (about 2 px
+at 0.7, 4 px at 1.4 instead of 3).
+
+Why plain NumPy / OpenCV rather than MONAI's ``Rand*`` transforms: these draw from a random state
+owned by each transform object, so the augmentation of an item would depend on the worker and the
+order of calls, not on ``(seed, epoch, index)`` alone (needed to resume a run on the same samples);
+and the few 2-D operations here (window, resize, flip/rot90, contrast, gamma, noise, blur) take
+about 3 ms per 256 x 256 item in all, without MetaTensor bookkeeping.  Items are plain dicts of
+tensors, so ``torch.utils.data.DataLoader`` (or ``monai.data.DataLoader``) batches them as is.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import struct
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, WeightedRandomSampler
+
+from ..config import NormalizeConfig
+from ..io import image_shape, list_images, output_name, read_image
+from ..normalize import normalize_image
+from .targets import TargetCache
+
+__all__ = [
+    "Record",
+    "AugmentConfig",
+    "read_manifest",
+    "paired_folder_records",
+    "unlabelled_records",
+    "load_normalized",
+    "LabelledDataset",
+    "UnlabelledDataset",
+    "source_weights",
+    "balanced_sampler",
+    "collate",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- records
+@dataclass(frozen=True)
+class Record:
+    """One training image.
+
+    Attributes
+    ----------
+    image : image file.
+    label : instance label file (``None`` for unlabelled data).
+    source : data set it comes from (the unit of balanced sampling).
+    name : short identifier for logs.
+    split : ``"train"``, ``"val"``, ``"unlabelled"``, ...
+    """
+
+    image: Path
+    label: Path | None
+    source: str
+    name: str
+    split: str = "train"
+
+
+_MANIFEST_COLUMNS = ("image", "label", "source")
+
+
+def read_manifest(csv_path: str | os.PathLike, split: str | None = None) -> list[Record]:
+    """Records of a manifest CSV.
+
+    Parameters
+    ----------
+    csv_path : CSV with at least the columns ``image``, ``label``, ``source`` (and ``split`` when
+        filtering; ``name`` optional).  Paths are relative to the CSV's folder; an empty ``label``
+        cell means unlabelled.
+    split : keep only rows of this split (``None``: all rows).
+
+    Returns
+    -------
+    list of :class:`Record`, in file order.
+    """
+    csv_path = Path(csv_path)
+    base = csv_path.parent
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        missing = [c for c in (*_MANIFEST_COLUMNS, *(("split",) if split is not None else ())) if c not in columns]
+        if missing:
+            raise ValueError(f"{csv_path}: missing column(s) {missing}; found {columns}")
+        rows = list(reader)
+    records = []
+    for row in rows:
+        row_split = (row.get("split") or "").strip()
+        if split is not None and row_split != split:
+            continue
+        image = base / row["image"].strip()
+        label = base / row["label"].strip() if (row.get("label") or "").strip() else None
+        name = (row.get("name") or "").strip() or image.name.split(".")[0]
+        records.append(Record(image, label, row["source"].strip(), name, row_split))
+    if split is not None and not records:
+        found = sorted({(r.get("split") or "").strip() for r in rows})
+        logger.warning("%s: no rows with split %r (splits present: %s)", csv_path, split, found)
+    return records
+
+
+def paired_folder_records(images_dir: str | os.PathLike, labels_dir: str | os.PathLike,
+                          source: str | None = None, split: str = "train") -> list[Record]:
+    """Records of an ``images/`` folder with labels ``<stem>_label.tiff`` in ``labels_dir``.
+
+    Parameters
+    ----------
+    images_dir, labels_dir : the two folders.
+    source : source name (default: the folder holding ``images_dir`` when that is called
+        ``images``, else ``images_dir``'s own name).
+    split : split recorded in every record.
+
+    Raises
+    ------
+    FileNotFoundError
+        When an image has no label file (all missing ones are named, not skipped silently).
+    """
+    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
+    if source is None:
+        source = images_dir.parent.name if images_dir.name.lower() == "images" else images_dir.name
+    records, missing = [], []
+    for image in list_images(images_dir):
+        label = labels_dir / output_name(image)
+        if not label.is_file():
+            missing.append(label.name)
+            continue
+        records.append(Record(image, label, source, image.name.split(".")[0], split))
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} image(s) in {images_dir} have no label in {labels_dir}: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    return records
+
+
+def unlabelled_records(folder_or_folders: str | os.PathLike | Iterable[str | os.PathLike],
+                       split: str = "unlabelled") -> list[Record]:
+    """Records (``label=None``) of every image directly inside one or several folders.
+
+    The source of each record is its folder's name.
+    """
+    if isinstance(folder_or_folders, (str, os.PathLike)):
+        folders = [Path(folder_or_folders)]
+    else:
+        folders = [Path(f) for f in folder_or_folders]
+    records = []
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"unlabelled folder {folder} does not exist")
+        records += [Record(p, None, folder.name, p.name.split(".")[0], split) for p in list_images(folder)]
+    return records
+
+
+# ----------------------------------------------------------------------------- images in memory
+# Normalised images by (file, size, mtime, normalisation): a labelled and an unlabelled dataset
+# built from the same files share one array, and it is freed with the last dataset holding it.
+_IMAGE_STORE: "weakref.WeakValueDictionary[tuple, np.ndarray]" = weakref.WeakValueDictionary()
+
+
+def load_normalized(path: str | os.PathLike, normalize: NormalizeConfig = NormalizeConfig()) -> np.ndarray:
+    """Read and normalise an image, quantised for keeping in memory.
+
+    Parameters
+    ----------
+    path : image file.
+    normalize : percentile normalisation (:func:`crossct.normalize.normalize_image`).
+
+    Returns
+    -------
+    (H, W, C) uint8 with C = 1 (the three normalised channels are equal) or 3; value / 255 is the
+    normalised intensity.  Treat it as read-only: the array may be shared.
+    """
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, normalize)
+    cached = _IMAGE_STORE.get(key)
+    if cached is not None:
+        return cached
+    image = normalize_image(read_image(path), normalize)
+    if np.array_equal(image[:, :, 0], image[:, :, 1]) and np.array_equal(image[:, :, 0], image[:, :, 2]):
+        image = image[:, :, :1]
+    quantised = _quantise(image)
+    quantised.flags.writeable = False
+    _IMAGE_STORE[key] = quantised
+    return quantised
+
+
+def _quantise(unit: np.ndarray) -> np.ndarray:
+    """[0, 1] floats -> contiguous uint8 (value / 255), the in-memory form of images and distances."""
+    return np.ascontiguousarray(np.clip(np.rint(np.asarray(unit, np.float32) * np.float32(255.0)), 0, 255), np.uint8)
+
+
+def _image_hw(path: Path) -> tuple[int, int]:
+    """(H, W) from the file header where cheap (PNG, TIFF), else by decoding."""
+    if path.suffix.lower() == ".png":
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+        if len(head) == 24 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", head[16:24])
+            return int(height), int(width)
+    return image_shape(path)
+
+
+# ----------------------------------------------------------------------------- augmentation
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentation of labelled crops (each step applied with its probability).
+
+    Geometric: ``scale`` zoom (log-uniform), then flips and 90-degree rotations (always, 8
+    orientations equally likely).  Photometric, on the normalised [0, 1] image, the same for all
+    channels: contrast ``x -> mean + c (x - mean)`` and brightness ``+ b``; gamma; Gaussian noise of
+    standard deviation up to ``noise_std``; Gaussian blur with sigma in ``blur_sigma``.  The
+    result is clipped to [0, 1], the range the network sees at inference.
+    """
+
+    scale: tuple[float, float] = (0.7, 1.4)
+    p_scale: float = 0.5
+    contrast: tuple[float, float] = (0.75, 1.25)
+    brightness: tuple[float, float] = (-0.1, 0.1)
+    p_contrast: float = 0.5
+    gamma: tuple[float, float] = (0.7, 1.5)
+    p_gamma: float = 0.3
+    noise_std: float = 0.05
+    p_noise: float = 0.2
+    blur_sigma: tuple[float, float] = (0.5, 1.5)
+    p_blur: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("scale", "contrast", "gamma", "blur_sigma"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"{name} must be a range 0 < low <= high, got {(lo, hi)}")
+        for name in ("p_scale", "p_contrast", "p_gamma", "p_noise", "p_blur"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+
+
+def _offset(rng: np.random.Generator, size: int, window: int) -> int:
+    """Top-left of a window along one axis; negative when the image is smaller (it is then
+    placed at a random position inside the zero-padded window)."""
+    if size >= window:
+        return int(rng.integers(0, size - window + 1))
+    return -int(rng.integers(0, window - size + 1))
+
+
+def _window(array: np.ndarray, y0: int, x0: int, size: int) -> np.ndarray:
+    """``array[y0:y0+size, x0:x0+size]`` with zeros outside the array (a view when inside)."""
+    height, width = array.shape[:2]
+    if y0 >= 0 and x0 >= 0 and y0 + size <= height and x0 + size <= width:
+        return array[y0:y0 + size, x0:x0 + size]
+    out = np.zeros((size, size, *array.shape[2:]), array.dtype)
+    ys, ye = max(y0, 0), min(y0 + size, height)
+    xs, xe = max(x0, 0), min(x0 + size, width)
+    if ys < ye and xs < xe:
+        out[ys - y0:ye - y0, xs - x0:xe - x0] = array[ys:ye, xs:xe]
+    return out
+
+
+def _resize(array: np.ndarray, size: int, interpolation: int) -> np.ndarray:
+    """Resize (h, w[, c]) to (size, size[, c]); cv2 drops a trailing axis of 1, which is restored."""
+    if array.shape[0] == size and array.shape[1] == size:
+        return array
+    out = cv2.resize(np.ascontiguousarray(array), (size, size), interpolation=interpolation)
+    return out.reshape(size, size, *array.shape[2:])
+
+
+def _orient(array: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    """One of the 8 orientations of the last two axes (a view)."""
+    if flip:
+        array = array[..., ::-1]
+    return np.rot90(array, k, axes=(-2, -1))
+
+
+def _finish(array: np.ndarray, k: int, flip: bool, dtype: type) -> np.ndarray:
+    """Orient a (..., h, w) array and make it contiguous in ``dtype``, in one copy.
+
+    Orienting last, on channel-first planes, keeps the transposing copy cache friendly (rotating
+    channel-last arrays costs several times more).
+    """
+    return np.ascontiguousarray(_orient(array, k, flip), dtype=dtype)
+
+
+def _photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Intensity jitter of a float32 (h, w, c) image in [0, 1]; returns a new array."""
+    out = image.astype(np.float32, copy=True)
+    if rng.random() < cfg.p_contrast:
+        mean = float(out.mean())
+        c = rng.uniform(*cfg.contrast)
+        out = (out - mean) * np.float32(c) + np.float32(mean + rng.uniform(*cfg.brightness))
+    if rng.random() < cfg.p_gamma:
+        gamma = math.exp(rng.uniform(math.log(cfg.gamma[0]), math.log(cfg.gamma[1])))
+        out = np.power(np.clip(out, 0.0, 1.0), np.float32(gamma))
+    if rng.random() < cfg.p_blur:
+        sigma = rng.uniform(*cfg.blur_sigma)
+        out = cv2.GaussianBlur(out, (0, 0), sigmaX=sigma, sigmaY=sigma,
+                               borderType=cv2.BORDER_REFLECT_101).reshape(out.shape)
+    if rng.random() < cfg.p_noise:
+        std = rng.uniform(0.0, cfg.noise_std)
+        out = out + rng.standard_normal(out.shape, dtype=np.float32) * np.float32(std)
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _to_chw3(image: np.ndarray, k: int = 0, flip: bool = False, scale: float = 1.0) -> torch.Tensor:
+    """(h, w, 1 or 3) image -> oriented (3, h, w) contiguous float32 tensor of ``image * scale``
+    (grey repeated).  NumPy throughout: torch's intra-op threads slow small ops under CPU contention."""
+    chw = _finish(np.moveaxis(image, -1, 0), k, flip, np.float32)
+    if scale != 1.0:
+        chw *= np.float32(scale)
+    if chw.shape[0] == 1:
+        chw = np.repeat(chw, 3, axis=0)
+    return torch.from_numpy(chw)
+
+
+class _EpochSeeded(Dataset):
+    """Items are a pure function of ``(seed, epoch, index)``; subclasses define :meth:`sample`."""
+
+    seed: int
+    epoch: int
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random crops :meth:`__getitem__` returns.
+
+        With ``DataLoader(persistent_workers=True)`` the workers keep their copy: call this before
+        the loader's iterator is created, or use non-persistent workers.
+        """
+        self.epoch = int(epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The generator of item ``index`` in the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        index = int(index) % len(self)
+        return self.sample(index, self.rng(index))
+
+
+def _check_common(records: Sequence[Record], crop: int) -> None:
+    if not records:
+        raise ValueError("no records: the dataset would be empty")
+    if int(crop) < 1:
+        raise ValueError(f"crop must be a positive number of pixels, got {crop}")
+
+
+class LabelledDataset(_EpochSeeded):
+    """Augmented crops of labelled images with their targets, all held in memory.
+
+    Parameters
+    ----------
+    records : labelled :class:`Record` s.
+    cache : target cache; missing targets are computed on construction (see
+        :func:`crossct.train.targets.prepare_all` to do it in parallel beforehand).
+    crop : side of the square crops.
+    augment : scale jitter, flips/rot90 and photometric jitter (``False``: a random window only).
+    normalize : image normalisation.
+    seed : base of every item's RNG, ``np.random.default_rng([seed, epoch, index])``.
+    augmentation : probabilities and ranges of the augmentation.
+
+    Items
+    -----
+    ``{"image": (3, crop, crop) float32 in [0, 1], "classes": (crop, crop) int64 in {0, 1, 2},
+    "distances": (2, crop, crop) float32 in [0, 1], "source": str}``.  Images smaller than the
+    window are zero-padded (class 0, distance 0) at a random position.
+
+    Attributes
+    ----------
+    nbytes : memory held by the images and targets, in bytes.
+    shapes : (H, W) of every image.
+    """
+
+    def __init__(self, records: Sequence[Record], cache: TargetCache, crop: int = 256, augment: bool = True,
+                 normalize: NormalizeConfig = NormalizeConfig(), seed: int = 0,
+                 augmentation: AugmentConfig = AugmentConfig()) -> None:
+        _check_common(records, crop)
+        unlabelled = [r.name for r in records if r.label is None]
+        if unlabelled:
+            raise ValueError(f"{len(unlabelled)} record(s) have no label, e.g. {unlabelled[:3]}; "
+                             "use UnlabelledDataset for them")
+        self.records = list(records)
+        self.crop, self.augment, self.seed, self.epoch = int(crop), bool(augment), int(seed), 0
+        self.augmentation = augmentation
+        self.images: list[np.ndarray] = []
+        self.classes: list[np.ndarray] = []
+        # (H, W, 2) uint8, value / 255: channel-last for windowing and resizing.
+        self.distances: list[np.ndarray] = []
+        start, misses = time.perf_counter(), cache.misses
+        for record in self.records:
+            image = load_normalized(record.image, normalize)
+            classes, distances = cache.get(record.label)
+            if classes.shape != image.shape[:2]:
+                raise ValueError(f"{record.label}: label shape {classes.shape} does not match image "
+                                 f"{record.image} shape {image.shape[:2]}")
+            self.images.append(image)
+            self.classes.append(np.ascontiguousarray(classes, np.uint8))
+            self.distances.append(_quantise(np.moveaxis(distances, 0, -1)))
+        self.shapes = [c.shape for c in self.classes]
+        logger.info("labelled dataset: %d images, %.0f MB in memory, %d targets computed, %.1f s",
+                    len(self.records), self.nbytes / 2**20, cache.misses - misses, time.perf_counter() - start)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for arrays in (self.images, self.classes, self.distances) for a in arrays)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        """Item ``index`` cropped and augmented with ``rng`` (see the class docstring)."""
+        image, classes, distances = self.images[index], self.classes[index], self.distances[index]
+        cfg, crop = self.augmentation, self.crop
+        scale = 1.0
+        if self.augment and rng.random() < cfg.p_scale:
+            scale = math.exp(rng.uniform(math.log(cfg.scale[0]), math.log(cfg.scale[1])))
+        window = max(1, int(round(crop / scale)))
+        y0, x0 = _offset(rng, classes.shape[0], window), _offset(rng, classes.shape[1], window)
+        image_w = _resize(_window(image, y0, x0, window), crop, cv2.INTER_LINEAR)
+        # Centre-aligned nearest neighbour (INTER_NEAREST is shifted by half a pixel against
+        # INTER_LINEAR's sampling grid and would misalign classes and image).
+        classes_w = _resize(_window(classes, y0, x0, window), crop, cv2.INTER_NEAREST_EXACT)
+        distances_w = _resize(_window(distances, y0, x0, window), crop, cv2.INTER_LINEAR)
+        image_f = image_w.astype(np.float32) * np.float32(1.0 / 255.0)
+        k, flip = 0, False
+        if self.augment:
+            k, flip = int(rng.integers(4)), bool(rng.integers(2))
+            # Photometric jitter commutes with flips/rotations (pointwise, isotropic blur, noise
+            # i.i.d. per pixel), so the orientation is applied last, in the copy to the output layout.
+            image_f = _photometric(image_f, rng, cfg)
+        distances_out = _finish(np.moveaxis(distances_w, -1, 0), k, flip, np.float32)
+        distances_out *= np.float32(1.0 / 255.0)
+        return {
+            "image": _to_chw3(image_f, k, flip),
+            "classes": torch.from_numpy(_finish(classes_w, k, flip, np.int64)),
+            "distances": torch.from_numpy(distances_out),
+            "source": self.records[index].source,
+        }
+
+
+class UnlabelledDataset(_EpochSeeded):
+    """Weakly augmented crops (random window, flips, 90-degree rotations) of unlabelled images.
+
+    Parameters
+    ----------
+    records : :class:`Record` s (labels, if any, are ignored).
+    crop, augment, normalize, seed : as for :class:`LabelledDataset`.
+
+    Items
+    -----
+    ``{"image": (3, crop, crop) float32 in [0, 1]}``.  For cross-teaching, feed the *same* item
+    tensor to both networks: the augmentation is applied once, here, never per network.
+    """
+
+    def __init__(self, records: Sequence[Record], crop: int = 256, augment: bool = True,
+                 normalize: NormalizeConfig = NormalizeConfig(), seed: int = 0) -> None:
+        _check_common(records, crop)
+        self.records = list(records)
+        self.crop, self.augment, self.seed, self.epoch = int(crop), bool(augment), int(seed), 0
+        start = time.perf_counter()
+        self.images = [load_normalized(r.image, normalize) for r in self.records]
+        self.shapes = [im.shape[:2] for im in self.images]
+        logger.info("unlabelled dataset: %d images, %.0f MB (shared with other datasets where the files are "
+                    "the same), %.1f s", len(self.records), self.nbytes / 2**20, time.perf_counter() - start)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.images)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def sample(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        """Item ``index`` cropped and (weakly) augmented with ``rng``."""
+        image = self.images[index]
+        y0, x0 = _offset(rng, image.shape[0], self.crop), _offset(rng, image.shape[1], self.crop)
+        image_w = _window(image, y0, x0, self.crop)
+        k, flip = (int(rng.integers(4)), bool(rng.integers(2))) if self.augment else (0, False)
+        return {"image": _to_chw3(image_w, k, flip, scale=1.0 / 255.0)}
+
+
+# ----------------------------------------------------------------------------- sampling
+def source_weights(records: Sequence[Record], alpha: float = 0.5, *, shapes: Sequence[tuple[int, int]] | None = None,
+                   crop: int = 256, max_area_factor: float = 4.0) -> np.ndarray:
+    """Sampling weight of every record, so that no source drowns the others.
+
+    ``w = n_source ** -alpha * clip(H * W / crop**2, 1, max_area_factor)``: with ``alpha = 0`` every
+    image is equally likely, with ``alpha = 1`` every source is; a source's share grows as
+    ``n_source ** (1 - alpha)``.  The area factor lets large images yield more crops (an image no
+    larger than a crop counts as one).
+
+    Parameters
+    ----------
+    records : the records sampled from.
+    alpha : balancing exponent, in [0, 1].
+    shapes : (H, W) of every image (default: read from the file headers).
+    crop : training crop side.
+    max_area_factor : cap of the area factor.
+
+    Returns
+    -------
+    (N,) float64 weights summing to 1.
+    """
+    if not records:
+        raise ValueError("no records to weight")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if max_area_factor < 1.0:
+        raise ValueError(f"max_area_factor must be >= 1, got {max_area_factor}")
+    if shapes is None:
+        shapes = [_image_hw(Path(r.image)) for r in records]
+    if len(shapes) != len(records):
+        raise ValueError(f"{len(shapes)} shapes for {len(records)} records")
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.source] = counts.get(r.source, 0) + 1
+    n_source = np.array([counts[r.source] for r in records], np.float64)
+    area = np.array([float(h) * float(w) for h, w in shapes], np.float64) / float(crop) ** 2
+    weights = n_source ** -alpha * np.clip(area, 1.0, max_area_factor)
+    return weights / weights.sum()
+
+
+def balanced_sampler(records: Sequence[Record], num_samples: int, alpha: float = 0.5, seed: int = 0,
+                     **weight_options: Any) -> WeightedRandomSampler:
+    """A sampler of record indices, with replacement, weighted by :func:`source_weights`.
+
+    Parameters
+    ----------
+    records : the dataset's records (same order as the dataset).
+    num_samples : indices per pass (one "epoch").
+    alpha : balancing exponent (see :func:`source_weights`).
+    seed : seed of the sampler's own generator (global torch RNG untouched).
+    **weight_options : ``shapes``, ``crop``, ``max_area_factor`` of :func:`source_weights`.
+    """
+    weights = source_weights(records, alpha, **weight_options)
+    generator = torch.Generator().manual_seed(int(seed))
+    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.float64), int(num_samples),
+                                 replacement=True, generator=generator)
+
+
+# ----------------------------------------------------------------------------- batching
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack dataset items into a batch: tensors gain a leading batch axis, strings become lists.
+
+    Stacks with NumPy, in one thread: with the machine's cores busy (the network's own intra-op
+    threads, other jobs), ``torch.stack`` on 2 threads was measured at ~80-300 ms for a batch of
+    8 crops of 256 x 256 against ~2 ms single-threaded.  Usable as a ``DataLoader`` ``collate_fn``.
+
+    Parameters
+    ----------
+    items : dicts with the same keys, e.g. from :class:`LabelledDataset`.
+
+    Returns
+    -------
+    dict: ``(B, ...)`` CPU tensors, lists for non-array values.
+    """
+    if not items:
+        raise ValueError("cannot collate an empty list of items")
+    batch: dict[str, Any] = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        if isinstance(values[0], (torch.Tensor, np.ndarray)):
+            arrays = [v.numpy() if isinstance(v, torch.Tensor) else v for v in values]
+            batch[key] = torch.from_numpy(np.stack(arrays))
+        else:
+            batch[key] = values
+    return batch

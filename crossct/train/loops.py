@@ -1,0 +1,466 @@
+"""Training loops, shaped like torchvision's reference scripts: ``train_one_step``, ``evaluate``, ``main``.
+
+Both modes share one loop over :class:`Role` objects (a network with its optimiser and scheduler):
+
+- supervised: one role, DiceCE + MSE against the targets;
+- cross-teach: a CNN and a Transformer role, each supervised on labelled crops, plus
+  lambda(t) x cross-teaching on unlabelled crops (the other network's argmax as pseudo-label).
+
+Sampling is a pure function of (seed, step), so a resumed run draws exactly the batches an
+uninterrupted one would.  Under ``torchrun`` every process takes its slice of each global batch and
+gradients are averaged by DistributedDataParallel (NCCL on GPUs, Gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import SWIN_UNETR_PAPER, UNET_PAPER, ModelSpec, PostprocessConfig
+from ..nets import FULLY_CONVOLUTIONAL, build_network, with_probabilities
+from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .losses import CrossTeachingLoss, SupervisedLoss, consistency_weight
+
+__all__ = ["Role", "Distributed", "train", "evaluate", "ModulePredictor", "default_data_dir"]
+
+logger = logging.getLogger(__name__)
+
+MODEL_SPECS = {"unet": UNET_PAPER, "swin": SWIN_UNETR_PAPER}
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get("CROSSCT_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+# ----------------------------------------------------------------------------- distributed
+@dataclass
+class Distributed:
+    """Rank and world size; a no-op when not launched by torchrun."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @classmethod
+    def setup(cls) -> "Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        cuda = torch.cuda.is_available()
+        if world > 1:
+            backend = "nccl" if cuda else "gloo"
+            torch.distributed.init_process_group(backend=backend)
+            rank = torch.distributed.get_rank()
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            device = torch.device("cuda", local) if cuda else torch.device("cpu")
+            if cuda:
+                torch.cuda.set_device(device)
+            logger.info("distributed: rank %d of %d, backend %s", rank, world, backend)
+            return cls(rank, world, device)
+        return cls(0, 1, torch.device("cuda" if cuda else "cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def close(self) -> None:
+        if self.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- roles
+def _lr_factor(step: int, warmup: int, total: int, power: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 1.0 - progress) ** power
+
+
+@dataclass
+class Role:
+    """One network in training: the module (maybe DDP-wrapped), its optimiser, scheduler and spec."""
+
+    name: str
+    spec: ModelSpec
+    network: torch.nn.Module
+    module: torch.nn.Module  # what forward() is called on (DDP wrapper or the network)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    best_score: float = -1.0
+    best_step: int = -1
+
+    @classmethod
+    def create(cls, name: str, spec: ModelSpec, cfg: TrainConfig, dist: Distributed,
+               init_weights: dict[str, torch.Tensor] | None = None) -> "Role":
+        network = build_network(spec.model)
+        if init_weights is not None:
+            network.load_state_dict({k.removeprefix("module."): v for k, v in init_weights.items()})
+        network.to(dist.device)
+        if spec.model.arch in FULLY_CONVOLUTIONAL:
+            # NHWC convolutions are markedly faster on CPU (and on tensor cores).
+            network.to(memory_format=torch.channels_last)
+        module: torch.nn.Module = network
+        if dist.world > 1:
+            module = torch.nn.parallel.DistributedDataParallel(
+                network, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+        optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: _lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.poly_power))
+        return cls(name, spec, network, module, optimizer, scheduler)
+
+    def state(self) -> dict[str, Any]:
+        return {"model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "spec": self.spec.to_dict(),
+                "best_score": self.best_score, "best_step": self.best_step}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.best_score, self.best_step = state["best_score"], state["best_step"]
+
+
+# ----------------------------------------------------------------------------- data
+class StepBatches:
+    """Batches as a pure function of the step: indices drawn with the source-balancing weights,
+    items augmented with an RNG keyed by (seed, step, slot).  Process ``rank`` takes its slice."""
+
+    def __init__(self, dataset, weights: np.ndarray | None, batch_size: int, seed: int, stream: int,
+                 dist: Distributed) -> None:
+        self.dataset, self.batch_size, self.seed, self.stream, self.dist = dataset, batch_size, seed, stream, dist
+        n = len(dataset)
+        p = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
+        self.p = p
+
+    def indices(self, step: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.stream, step])
+        total = self.batch_size * self.dist.world
+        return rng.choice(len(self.p), size=total, p=self.p)
+
+    def batch(self, step: int) -> dict[str, Any]:
+        chosen = self.indices(step)
+        slots = range(self.dist.rank * self.batch_size, (self.dist.rank + 1) * self.batch_size)
+        from .data import collate
+
+        return collate([self.dataset.sample(int(chosen[s]), np.random.default_rng([self.seed, self.stream, step, s]))
+                        for s in slots])
+
+
+# ----------------------------------------------------------------------------- validation
+class ModulePredictor:
+    """Adapts an in-memory network to the :class:`~crossct.predictors.Predictor` interface."""
+
+    def __init__(self, network: torch.nn.Module, spec: ModelSpec, device: torch.device) -> None:
+        self.spec, self.device = spec, device
+        self.module = with_probabilities(network).eval()
+        self.description = f"in-memory {spec.model.arch}"
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)).float().cpu().numpy()
+
+
+def evaluate(network: torch.nn.Module, spec: ModelSpec, val_items: list[dict[str, Any]], device: torch.device,
+             methods: dict[str, PostprocessConfig] | None = None) -> dict[str, Any]:
+    """Full inference pipeline + challenge F1 on the validation images.
+
+    Returns ``{method: {"mean": .., "median": .., "source_mean": .., "per_source": {..}}}``.
+    """
+    from evaluate import f1_score
+
+    from ..pipeline import predict_outputs
+    from ..postprocess import postprocess
+
+    methods = methods or {"watershed": spec.postprocess, "threshold": PostprocessConfig(method="threshold")}
+    was_training = network.training
+    predictor = ModulePredictor(network, spec, device)
+    scores: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
+    for item in val_items:
+        outputs = predict_outputs(item["image"], predictor, spec)
+        for method, post in methods.items():
+            f1 = f1_score(item["label"], postprocess(outputs, post))["f1"]
+            scores[method].setdefault(item["source"], []).append(float(f1))
+    network.train(was_training)
+    return {m: summarize(s) for m, s in scores.items()}
+
+
+def summarize(per_source: dict[str, list[float]]) -> dict[str, Any]:
+    everything = [f for fs in per_source.values() for f in fs]
+    means = {s: float(np.mean(fs)) for s, fs in sorted(per_source.items())}
+    return {
+        "mean": float(np.mean(everything)) if everything else 0.0,
+        "median": float(np.median(everything)) if everything else 0.0,
+        "source_mean": float(np.mean(list(means.values()))) if means else 0.0,
+        "per_source": means,
+        "n": len(everything),
+    }
+
+
+def selection_score(result: dict[str, Any]) -> float:
+    """Checkpoints are kept by F1: the mean of the overall mean and the mean over sources
+    (the val split is mostly one source; neither the big source nor the small ones may be sacrificed)."""
+    ws = result["watershed"]
+    return 0.5 * (ws["mean"] + ws["source_mean"])
+
+
+def load_val_items(records, limit: int = 0) -> list[dict[str, Any]]:
+    """Read validation images and labels once; ``limit`` picks images round-robin over sources."""
+    import tifffile
+
+    from ..io import read_image
+
+    by_source: dict[str, list] = {}
+    for r in records:
+        by_source.setdefault(r.source, []).append(r)
+    ordered = []
+    queues = [list(v) for _, v in sorted(by_source.items())]
+    while any(queues):
+        for q in queues:
+            if q:
+                ordered.append(q.pop(0))
+    if limit:
+        ordered = ordered[:limit]
+    return [{"image": read_image(r.image), "label": tifffile.imread(r.label), "source": r.source, "name": r.name}
+            for r in ordered]
+
+
+# ----------------------------------------------------------------------------- the loop
+class RunLog:
+    """CSV of training losses and validation scores, plus a JSON history, in the run folder."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.train_csv, self.val_csv = run_dir / "train_log.csv", run_dir / "val_log.csv"
+
+    @staticmethod
+    def _append(path: Path, row: dict[str, Any]) -> None:
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def train(self, row: dict[str, Any]) -> None:
+        self._append(self.train_csv, row)
+
+    def val(self, row: dict[str, Any]) -> None:
+        self._append(self.val_csv, row)
+
+
+def _roles_for(cfg: TrainConfig, dist: Distributed) -> list[Role]:
+    if cfg.mode == "supervised":
+        spec = ModelSpec(model=MODEL_SPECS[cfg.model])
+        return [Role.create(cfg.model, spec, cfg, dist)]
+    roles = []
+    for name, path in (("cnn", cfg.cnn), ("transformer", cfg.transformer)):
+        ckpt = load_checkpoint(path)
+        spec = ModelSpec.from_dict(ckpt["spec"])
+        roles.append(Role.create(name, spec, cfg, dist, init_weights=ckpt["model"]))
+    return roles
+
+
+def _build_data(cfg: TrainConfig, dist: Distributed):
+    from . import data as D
+    from .targets import TargetCache
+
+    data_dir = Path(cfg.data) if cfg.data else default_data_dir()
+    if cfg.images_dir:
+        train_records = D.paired_folder_records(Path(cfg.images_dir), Path(cfg.labels_dir))
+        val_records: list = (D.paired_folder_records(Path(cfg.val_images_dir), Path(cfg.val_labels_dir))
+                             if cfg.val_images_dir else [])
+    else:
+        manifest = Path(cfg.manifest) if cfg.manifest else data_dir / "manifest.csv"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"manifest {manifest} not found: pass --data DIR, --manifest CSV or set CROSSCT_DATA")
+        train_records = D.read_manifest(manifest, split="train")
+        val_records = D.read_manifest(manifest, split="val")
+    cache = TargetCache(Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "crossct" / "targets")
+    labelled = D.LabelledDataset(train_records, cache, crop=cfg.crop, augment=True, seed=cfg.seed)
+    batches = {"labelled": StepBatches(labelled, D.source_weights(train_records, cfg.source_alpha),
+                                       cfg.batch_size, cfg.seed, 1, dist)}
+    if cfg.mode == "cross-teach":
+        folders = [Path(u) for u in cfg.unlabelled] or sorted(p for p in (data_dir / "unlabeled").glob("*") if p.is_dir())
+        unl_records = D.unlabelled_records(folders) if folders else []
+        if cfg.labelled_as_unlabelled:
+            unl_records = unl_records + [D.Record(r.image, None, r.source, r.name, r.split) for r in train_records]
+        if not unl_records:
+            raise ValueError("cross-teach found no unlabelled images (--unlabelled DIR ...)")
+        unlabelled = D.UnlabelledDataset(unl_records, crop=cfg.crop, augment=True, seed=cfg.seed)
+        batches["unlabelled"] = StepBatches(unlabelled, D.source_weights(unl_records, cfg.source_alpha),
+                                            cfg.unlabelled_batch_size, cfg.seed, 2, dist)
+    return batches, val_records
+
+
+def train_one_step(step: int, roles: list[Role], batches: dict[str, StepBatches], cfg: TrainConfig,
+                   sup_loss: SupervisedLoss, ct_loss: CrossTeachingLoss, device: torch.device) -> dict[str, float]:
+    """One optimisation step of every role; returns the logged losses."""
+    lab = batches["labelled"].batch(step)
+    x = lab["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    classes = lab["classes"].to(device).long()
+    distances = lab["distances"].to(device).float()
+    for role in roles:
+        role.optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=device)
+    logged: dict[str, float] = {}
+    outputs = {}
+    for role in roles:
+        out = role.module(x)
+        loss, parts = sup_loss(out, classes, distances)
+        total = total + loss
+        logged[f"{role.name}_sup"] = float(loss.detach())
+        logged.update({f"{role.name}_{k}": float(v) for k, v in parts.items()})
+        outputs[role.name] = out
+    if len(roles) == 2:
+        u = batches["unlabelled"].batch(step)["image"].to(device, non_blocking=True).contiguous(
+            memory_format=torch.channels_last)
+        cnn_out, tr_out = roles[0].module(u), roles[1].module(u)
+        ctl, parts = ct_loss(cnn_out, tr_out)
+        lam = consistency_weight(step, cfg.steps, cfg.lambda_max)
+        total = total + lam * ctl
+        logged.update({k: float(v) for k, v in parts.items()})
+        logged["lambda"] = lam
+    if not torch.isfinite(total):
+        raise FloatingPointError(f"loss is {float(total)} at step {step}; stopping before the weights are ruined")
+    total.backward()
+    for role in roles:
+        role.optimizer.step()
+        role.scheduler.step()
+    logged["loss"] = float(total.detach())
+    logged["lr"] = roles[0].scheduler.get_last_lr()[0]
+    return logged
+
+
+def _training_state(step: int, roles: list[Role], cfg: TrainConfig, history: list) -> dict[str, Any]:
+    return {"format": FORMAT, "step": step, "config": cfg.to_dict(),
+            "roles": {r.name: r.state() for r in roles},
+            "rng": {"torch": torch.get_rng_state()}, "history": json.dumps(history)}
+
+
+def _save_best(role: Role, run_dir: Path, step: int, result: dict[str, Any]) -> None:
+    save_checkpoint(run_dir / f"best_{role.name}.pt", {
+        "model": role.network.state_dict(), "spec": role.spec.to_dict(), "step": step,
+        "val": json.dumps(result)})
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) training as configured; returns the best validation results per role."""
+    dist = Distributed.setup()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    run_dir = Path(cfg.run_dir)
+    last = run_dir / "last.pt"
+    start_step, history = 0, []
+    if resume:
+        if not last.exists():
+            raise FileNotFoundError(f"--resume: {last} does not exist")
+        state = load_checkpoint(last)
+        saved = TrainConfig.from_dict(state["config"])
+        # The run's own settings win, except how far to go and how often to save or stop.
+        cfg = TrainConfig.from_dict({**saved.to_dict(), **{k: getattr(cfg, k) for k in
+                                     ("stop_after", "checkpoint_minutes", "checkpoint_every", "threads", "num_workers")}})
+    torch.manual_seed(cfg.seed)
+    roles = _roles_for(cfg, dist)
+    if resume:
+        for role in roles:
+            role.restore(state["roles"][role.name])
+        torch.set_rng_state(state["rng"]["torch"])
+        start_step, history = int(state["step"]), json.loads(state["history"])
+        logger.info("resumed %s at step %d", last, start_step)
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    batches, val_records = _build_data(cfg, dist)
+    val_items = load_val_items(val_records, cfg.val_max_images) if (dist.main and val_records) else []
+    log = RunLog(run_dir)
+    sup_loss, ct_loss = SupervisedLoss(cfg.mse_weight), CrossTeachingLoss(cfg.mse_weight)
+    for role in roles:
+        role.module.train()
+
+    def checkpoint(step: int) -> None:
+        if dist.main:
+            save_checkpoint(last, _training_state(step, roles, cfg, history))
+
+    def validate(step: int) -> None:
+        if not (dist.main and val_items):
+            return
+        for role in roles:
+            t0 = time.perf_counter()
+            result = evaluate(role.network, role.spec, val_items, dist.device)
+            score = selection_score(result)
+            row = {"step": step, "role": role.name, "minutes": round((time.time() - started_wall) / 60 + prior_minutes, 2),
+                   "score": round(score, 4),
+                   **{f"{m}_{k}": round(v[k], 4) for m, v in result.items() for k in ("mean", "median", "source_mean")},
+                   **{f"ws_{s}": round(f, 4) for s, f in result["watershed"]["per_source"].items()},
+                   "seconds": round(time.perf_counter() - t0, 1)}
+            log.val(row)
+            history.append(row)
+            logger.info("val step %d %s: score %.4f (watershed mean %.4f, source mean %.4f; threshold mean %.4f)",
+                        step, role.name, score, result["watershed"]["mean"], result["watershed"]["source_mean"],
+                        result["threshold"]["mean"])
+            if score > role.best_score:
+                role.best_score, role.best_step = score, step
+                _save_best(role, run_dir, step, result)
+
+    prior_minutes = float(history[-1]["minutes"]) if history and "minutes" in history[-1] else 0.0
+    started_wall = time.time()
+    last_save = time.monotonic()
+    steps_this_run = 0
+    progress = None
+    if dist.main and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        progress = tqdm(total=cfg.steps, initial=start_step, unit="step", dynamic_ncols=True)
+    step = start_step
+    t_log = time.perf_counter()
+    while step < cfg.steps:
+        logged = train_one_step(step, roles, batches, cfg, sup_loss, ct_loss, dist.device)
+        step += 1
+        steps_this_run += 1
+        if progress:
+            progress.update(1)
+            progress.set_postfix(loss=f"{logged['loss']:.3f}")
+        if dist.main and (step % 25 == 0 or step == cfg.steps):
+            elapsed = time.perf_counter() - t_log
+            log.train({"step": step, **{k: round(v, 5) for k, v in logged.items()}})
+            if not progress:
+                logger.info("step %d/%d loss %.4f lr %.2e (%.2f s/step)", step, cfg.steps, logged["loss"],
+                            logged["lr"], elapsed / 25)
+            t_log = time.perf_counter()
+        if cfg.val_every and step % cfg.val_every == 0 and step < cfg.steps:
+            validate(step)
+        timed_out = time.monotonic() - last_save > cfg.checkpoint_minutes * 60
+        if timed_out or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+            checkpoint(step)
+            last_save = time.monotonic()
+        if cfg.stop_after and steps_this_run >= cfg.stop_after and step < cfg.steps:
+            logger.info("stopping after %d steps as asked (--stop-after); resume with --resume", steps_this_run)
+            checkpoint(step)
+            dist.barrier()
+            dist.close()
+            return {"stopped_at": step}
+    validate(step)
+    checkpoint(step)
+    if progress:
+        progress.close()
+    dist.barrier()
+    if dist.main and not val_items:
+        for role in roles:  # no validation data: the last weights are the best we know
+            _save_best(role, run_dir, step, {})
+    dist.close()
+    return {r.name: {"best_score": r.best_score, "best_step": r.best_step} for r in roles}

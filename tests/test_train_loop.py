@@ -1,0 +1,113 @@
+"""Training end to end on tiny synthetic data: supervised U-Net and Swin-UNETR, cross-teaching,
+resume equal to an uninterrupted run, export, and predict.py with the exported model."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from crossct.synthetic import write_synthetic_dataset
+from crossct.train.checkpoint import load_checkpoint
+from crossct.train.config import TrainConfig
+from crossct.train.loops import train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    train_images, train_labels = write_synthetic_dataset(root / "train", n_images=4, size=(96, 128), seed=0)
+    val_images, val_labels = write_synthetic_dataset(root / "val", n_images=2, size=(96, 128), seed=100)
+    unlabelled, _ = write_synthetic_dataset(root / "unlabelled", n_images=2, size=(96, 128), seed=200)
+    return {"images_dir": str(train_images), "labels_dir": str(train_labels), "val_images_dir": str(val_images),
+            "val_labels_dir": str(val_labels), "unlabelled": (str(unlabelled),), "cache_dir": str(root / "cache")}
+
+
+def _cfg(synthetic, run_dir, **kw):
+    base = dict(synthetic, run_dir=str(run_dir), crop=64, batch_size=2, unlabelled_batch_size=2, steps=4,
+                warmup_steps=1, val_every=0, checkpoint_minutes=60.0, threads=1)
+    base.update(kw)
+    return TrainConfig.from_dict(base)
+
+
+def _weights(path):
+    return load_checkpoint(path)["roles"]
+
+
+def test_supervised_run_writes_logs_checkpoints_and_a_best_model(synthetic, tmp_path):
+    result = train(_cfg(synthetic, tmp_path / "unet"))
+    assert result["unet"]["best_step"] == 4
+    run = tmp_path / "unet"
+    assert json.loads((run / "config.json").read_text())["steps"] == 4
+    assert (run / "train_log.csv").read_text().splitlines()[0].startswith("step,")
+    val = (run / "val_log.csv").read_text().splitlines()
+    assert len(val) == 2 and "watershed_mean" in val[0]
+    best = load_checkpoint(run / "best_unet.pt")
+    assert {"model", "spec", "step"} <= best.keys()
+    last = load_checkpoint(run / "last.pt")
+    assert last["step"] == 4 and {"model", "optimizer", "scheduler"} <= last["roles"]["unet"].keys()
+
+
+def test_resumed_run_matches_an_uninterrupted_one(synthetic, tmp_path):
+    train(_cfg(synthetic, tmp_path / "straight", steps=6))
+    stopped = train(_cfg(synthetic, tmp_path / "resumed", steps=6, stop_after=3))
+    assert stopped == {"stopped_at": 3}
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 3
+    train(_cfg(synthetic, tmp_path / "resumed", steps=6), resume=True)
+    a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "resumed" / "last.pt")
+    for key, value in a["unet"]["model"].items():
+        assert torch.equal(value, b["unet"]["model"][key]), key
+    assert a["unet"]["optimizer"]["state"][0]["step"] == b["unet"]["optimizer"]["state"][0]["step"]
+
+
+@pytest.mark.slow
+def test_swin_then_cross_teaching_then_export_then_predict(synthetic, tmp_path):
+    train(_cfg(synthetic, tmp_path / "unet", steps=3))
+    train(_cfg(synthetic, tmp_path / "swin", model="swin", steps=2))
+    result = train(_cfg(synthetic, tmp_path / "ct", mode="cross-teach", steps=3,
+                        cnn=str(tmp_path / "unet" / "best_unet.pt"),
+                        transformer=str(tmp_path / "swin" / "best_swin.pt")))
+    assert set(result) == {"cnn", "transformer"}
+    log = (tmp_path / "ct" / "train_log.csv").read_text().splitlines()
+    assert "ctl_cnn" in log[0] and "lambda" in log[0]
+    weights = tmp_path / "weights"
+    subprocess.run([sys.executable, "-m", "crossct.export", str(tmp_path / "ct" / "best_cnn.pt"), str(weights)],
+                   check=True, cwd=REPO, capture_output=True)
+    spec = json.loads((weights / "model.json").read_text())
+    assert spec["model"]["arch"] == "unet" and spec["metadata"]["onnx_max_abs_diff"] < 1e-4
+    out = tmp_path / "labels"
+    done = subprocess.run([sys.executable, "predict.py", "-i", synthetic["val_images_dir"], "-o", str(out),
+                           "-w", str(weights)], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["cell_00000_label.tiff", "cell_00001_label.tiff"]
+
+
+def test_cross_teach_without_checkpoints_is_refused():
+    with pytest.raises(ValueError, match="--cnn"):
+        TrainConfig(mode="cross-teach")
+
+
+@pytest.mark.slow
+def test_torchrun_two_gloo_processes_complete_and_resume_identically(synthetic, tmp_path):
+    def run(run_dir, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(29500 + os.getpid() % 1000), "-m", "crossct.train", "supervised", "--run-dir", str(run_dir),
+               "--images-dir", synthetic["images_dir"], "--labels-dir", synthetic["labels_dir"],
+               "--cache-dir", synthetic["cache_dir"], "--crop", "64", "--batch-size", "1", "--steps", "4",
+               "--warmup-steps", "1", "--val-every", "0", "--threads", "1", *extra]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    run(tmp_path / "straight")
+    run(tmp_path / "resumed", "--stop-after", "2")
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 2
+    run(tmp_path / "resumed", "--resume")
+    a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "resumed" / "last.pt")
+    for key, value in a["unet"]["model"].items():
+        assert torch.equal(value, b["unet"]["model"][key]), key
