@@ -2,7 +2,8 @@
 
 Each image is read, segmented and written on its own; a failure is recorded with the file and the
 reason and the batch goes on.  Labels are written atomically, so a killed run leaves either a
-whole label file or none, and ``skip_existing`` resumes it.
+whole label file or none, and ``skip_existing`` resumes it; the hidden temporary a killed write
+leaves beside its label (``.<name>.tmp-<pid>``) is removed when a later run writes that label.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from .io import ImageReadError, list_images, output_name, read_image, write_labe
 from .pipeline import Timings, segment
 from .predictors import Predictor
 
-__all__ = ["WorkItem", "Summary", "find_work", "run_batch", "shard_from_env"]
+__all__ = ["WorkItem", "Summary", "find_work", "remove_stale_temporaries", "run_batch", "shard_from_env"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,35 @@ def find_work(
     return work, errors, skipped
 
 
+def remove_stale_temporaries(outputs: Iterable[Path]) -> list[Path]:
+    """Delete the hidden temporaries (``.<name>.tmp-<pid>``, see :func:`~crossct.io.write_labels`)
+    that a killed run left for these output files; returns the ones removed.
+
+    Only the given outputs' temporaries are touched, so processes writing other shares of the same
+    folder keep theirs.
+    """
+    wanted: dict[Path, set[str]] = {}
+    for output in outputs:
+        wanted.setdefault(output.parent, set()).add(output.name)
+    removed: list[Path] = []
+    for folder, names in wanted.items():
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
+            continue  # no folder yet (nothing to clean) or unreadable: writing will report it
+        for entry in entries:
+            stem, sep, pid = entry.name.rpartition(".tmp-")
+            if sep and pid.isdigit() and stem.startswith(".") and stem[1:] in names:
+                try:
+                    entry.unlink()
+                except OSError as exc:
+                    logger.warning("cannot remove stale temporary %s: %s", entry, exc.strerror or exc)
+                    continue
+                logger.info("removed stale temporary %s (left by an interrupted run)", entry)
+                removed.append(entry)
+    return removed
+
+
 def run_batch(
     work: Iterable[WorkItem],
     predictor: Predictor,
@@ -92,6 +122,7 @@ def run_batch(
     """Segment every item, recording failures instead of raising."""
     work = list(work)
     summary = Summary()
+    remove_stale_temporaries(item.output for item in work)
     for item in progress(work):
         t0 = time.perf_counter()
         try:

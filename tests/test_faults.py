@@ -1,0 +1,281 @@
+"""Issue 8, faults: a killed run, a full or unwritable output disk, an image too large for memory.
+
+Whatever happens, every label file on disk is whole, a rerun with ``--skip-existing`` finishes the
+batch with the labels a clean run gives, and each failure is reported with the file and the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import REPO, run_predict, write_image, write_png
+
+from crossct import cli
+from crossct.batch import find_work, remove_stale_temporaries, run_batch
+from crossct.synthetic import synthetic_cells
+
+SIZE = 224  # 30 images of this size take a few seconds: long enough to be killed halfway
+
+
+def make_folder(folder: Path, n: int, size: int = SIZE) -> list[str]:
+    """``n`` synthetic PNGs; returns the label names a run should write."""
+    folder.mkdir(parents=True)
+    for i in range(n):
+        write_png(folder / f"img_{i:02d}.png", synthetic_cells(size, size, seed=i)[0])
+    return [f"img_{i:02d}_label.tiff" for i in range(n)]
+
+
+def hidden(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def read_whole(path: Path) -> np.ndarray:
+    """Decode every byte of a label TIFF (a truncated file raises)."""
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.pages) == 1, path
+        return tif.pages[0].asarray()
+
+
+def clean_labels(folder: Path, onnx_predictor, out: Path) -> dict[str, np.ndarray]:
+    out.mkdir()
+    work, _, _ = find_work(folder, out)
+    assert run_batch(work, onnx_predictor).done == len(work)
+    return {p.name: tifffile.imread(p) for p in out.iterdir()}
+
+
+# ----------------------------------------------------------------------------- SIGKILL mid-batch
+
+
+def _predict_process(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("CROSSCT_WEIGHTS", None)
+    return subprocess.Popen([sys.executable, str(REPO / "predict.py"), *args], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow  # about 15 s: two predict.py processes and a clean run
+def test_sigkill_mid_batch_then_resume(tmp_path, tiny_weights, onnx_predictor):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    names = make_folder(inp, 30)
+    proc = _predict_process(["-i", str(inp), "-o", str(out), "-w", str(tiny_weights), "-q"])
+    try:
+        # Wait for a few finished labels, then kill as soon as a write is in flight (a hidden
+        # temporary is visible), or after 2 s without one.
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.is_dir() and len(list(out.glob("*_label.tiff"))) >= 3:
+                break
+            time.sleep(0.01)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and proc.poll() is None and not any(".tmp-" in n for n in hidden(out)):
+            time.sleep(0.0005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "predict.py finished before it could be killed; use more images"
+
+    written = sorted(p.name for p in out.glob("*_label.tiff"))
+    assert 3 <= len(written) < len(names)
+    clean = clean_labels(inp, onnx_predictor, tmp_path / "clean")
+    for name in written:  # every label on disk is whole and final
+        np.testing.assert_array_equal(read_whole(out / name), clean[name])
+    left_by_kill = [n for n in hidden(out) if ".tmp-" in n]
+    assert all(n.removeprefix(".").split(".tmp-")[0] in names for n in left_by_kill)
+    # One more stale temporary: a TIFF header and nothing else, as a kill just after it was opened leaves it.
+    stale = out / f".{names[-1]}.tmp-999999"
+    stale.write_bytes(b"II*\x00" + bytes(96))
+
+    result = run_predict(["-i", str(inp), "-o", str(out), "-w", str(tiny_weights), "--skip-existing"])
+    assert result.returncode == 0, result.stderr
+    assert f"{len(names) - len(written)} image(s) segmented, 0 failed, {len(written)} skipped" in result.stderr
+    assert f"removed stale temporary {stale}" in result.stderr
+    assert hidden(out) == []
+    assert sorted(p.name for p in out.iterdir()) == names
+    for name in names:
+        labels = read_whole(out / name)
+        assert labels.tobytes() == clean[name].tobytes(), name
+
+
+def test_stale_temporaries_of_other_outputs_are_kept(tmp_path):
+    """Only this run's outputs are cleaned: another shard writing into the same folder keeps its temporary."""
+    (tmp_path / "a_label.tiff").write_bytes(b"done")
+    mine, other = tmp_path / ".b_label.tiff.tmp-12", tmp_path / ".c_label.tiff.tmp-34"
+    mine.write_bytes(b"x")
+    other.write_bytes(b"x")
+    (tmp_path / ".b_label.tiff.tmp-notapid").write_bytes(b"x")
+    removed = remove_stale_temporaries([tmp_path / "a_label.tiff", tmp_path / "b_label.tiff", tmp_path / "nowhere" / "d"])
+    assert removed == [mine]
+    assert hidden(tmp_path) == [".b_label.tiff.tmp-notapid", other.name]
+    assert (tmp_path / "a_label.tiff").read_bytes() == b"done"
+
+
+# ----------------------------------------------------------------------------- full and unwritable output disks
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (root only): room for about five label files."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                              capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command: cannot make a small disk to fill")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs to fill (needs root / CAP_SYS_ADMIN): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_disk_full_reported_per_file_nothing_partial(tmp_path, tiny_weights, small_tmpfs):
+    inp, out = tmp_path / "in", small_tmpfs / "out"
+    names = make_folder(inp, 12, size=192)
+    result = run_predict(["-i", str(inp), "-o", str(out), "-w", str(tiny_weights)])
+    assert result.returncode == 1, result.stderr
+    failed = [line.split(" FAILED ", 1)[1] for line in result.stderr.splitlines() if " FAILED " in line]
+    written = sorted(p.name for p in out.iterdir())
+    assert failed and written, "the disk should hold some labels and not all of them"
+    assert f"{len(written)} image(s) segmented, {len(failed)} failed" in result.stderr
+    for line in failed:
+        image = Path(line.split(": ", 1)[0])
+        assert line == f"{image}: cannot write {out / (image.stem + '_label.tiff')}: No space left on device"
+    # every image is either written whole or reported; nothing partial, no temporaries
+    assert sorted(written + [Path(line.split(": ", 1)[0]).stem + "_label.tiff" for line in failed]) == names
+    assert hidden(out) == []
+    for name in written:
+        assert read_whole(out / name).shape == (192, 192)
+
+    # with room again, --skip-existing finishes the batch
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    result = run_predict(["-i", str(inp), "-o", str(moved), "-w", str(tiny_weights), "--skip-existing"])
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in moved.iterdir()) == names
+
+
+def test_read_only_output_disk_exit_2(tmp_path, tiny_weights, small_tmpfs, capsys, caplog):
+    inp = tmp_path / "in"
+    make_folder(inp, 1, size=64)
+    (small_tmpfs / "out").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_tmpfs)], check=True)
+    code = cli.main(["-i", str(inp), "-o", str(small_tmpfs / "out"), "-w", str(tiny_weights)])
+    assert code == 2
+    assert f"output folder {small_tmpfs / 'out'} is not writable (Read-only file system)" in caplog.text
+    assert "image(s) segmented" not in capsys.readouterr().err
+
+
+def test_output_under_a_regular_file_exit_2(tmp_path, tiny_weights):
+    """The subprocess twin of test_cli.py::test_unwritable_output_exit_2: the message reaches stderr."""
+    inp = tmp_path / "in"
+    make_folder(inp, 1, size=64)
+    (tmp_path / "file").write_bytes(b"")
+    result = run_predict(["-i", str(inp), "-o", str(tmp_path / "file" / "out"), "-w", str(tiny_weights)])
+    assert result.returncode == 2
+    assert f"output folder {tmp_path / 'file' / 'out'} is not writable (Not a directory)" in result.stderr
+
+
+def test_label_path_taken_by_a_folder_reported(tmp_path, tiny_weights, capsys, caplog):
+    """One label cannot be written (its name is a folder): that image is reported, the others written."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_folder(inp, 3, size=64)
+    (out / "img_01_label.tiff").mkdir(parents=True)
+    code = cli.main(["-i", str(inp), "-o", str(out), "-w", str(tiny_weights)])
+    assert code == 1
+    assert f"FAILED {inp / 'img_01.png'}: cannot write {out / 'img_01_label.tiff'}: Is a directory" in caplog.text
+    assert "2 image(s) segmented, 1 failed" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["img_00_label.tiff", "img_01_label.tiff", "img_02_label.tiff"]
+    assert (out / "img_01_label.tiff").is_dir() and not any((out / "img_01_label.tiff").iterdir())
+
+
+# ----------------------------------------------------------------------------- memory: a huge image, or none left
+
+
+def test_out_of_memory_reported_and_batch_goes_on(tmp_path, onnx_predictor, monkeypatch):
+    """MemoryError while decoding or segmenting one image fails that image only, with a plain reason."""
+    import cv2
+
+    import crossct.batch as batch
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_folder(inp, 3, size=64)
+    out.mkdir()
+    real_segment, real_decode = batch.segment, cv2.imdecode
+    calls, decodes = [], []
+
+    def segment(image, *args, **kwargs):  # the first image runs out of memory in the network
+        calls.append(image.shape)
+        if len(calls) == 1:
+            raise MemoryError
+        return real_segment(image, *args, **kwargs)
+
+    def imdecode(data, flags):  # the third one already while decoding
+        decodes.append(len(data))
+        if len(decodes) == 3:
+            raise MemoryError
+        return real_decode(data, flags)
+
+    monkeypatch.setattr(batch, "segment", segment)
+    monkeypatch.setattr(cv2, "imdecode", imdecode)
+    work, _, _ = find_work(inp, out)
+    summary = run_batch(work, onnx_predictor)
+    assert summary.failed == [(str(inp / "img_00.png"), "out of memory while segmenting"),
+                              (str(inp / "img_02.png"), "not enough memory to decode this image")]
+    assert summary.done == 1 and sorted(p.name for p in out.iterdir()) == ["img_01_label.tiff"]
+
+
+def test_large_image_goes_through_bounded_blocks(tmp_path, tiny_weights, monkeypatch, capsys):
+    """An image larger than block_size + 2 * block_margin is segmented block by block: no network
+    input, normalised copy or output map is ever larger than one block with its margins."""
+    import crossct.blocks as blocks
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    spec = json.loads((weights / "model.json").read_text())
+    spec["tiling"].update(block_size=128, block_margin=32)  # model.json is not checksummed, the model is
+    (weights / "model.json").write_text(json.dumps(spec))
+    limit = 128 + 2 * 32
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    image = synthetic_cells(500, 420, seed=7)[0]
+    write_image(inp / "slide.tif", image)
+    write_png(inp / "small.png", synthetic_cells(limit, limit, seed=8)[0])  # exactly the limit: one piece
+
+    calls, shapes = [], []
+    real_blocks, real_window = blocks.segment_blocks, blocks.sliding_window
+
+    def spy_blocks(img, *args, **kwargs):
+        calls.append(img.shape)
+        return real_blocks(img, *args, **kwargs)
+
+    def spy_window(x, *args, **kwargs):
+        result = real_window(x, *args, **kwargs)
+        shapes.append((x.shape, result.shape))
+        return result
+
+    monkeypatch.setattr(blocks, "segment_blocks", spy_blocks)
+    monkeypatch.setattr(blocks, "sliding_window", spy_window)
+    code = cli.main(["-i", str(inp), "-o", str(out), "-w", str(weights), "-q"])
+    assert code == 0, capsys.readouterr().err
+    assert calls == [(500, 420, 1)]  # the slide only; the image at the limit goes in one piece
+    assert len(shapes) == len(blocks.block_grid(500, 128)) * len(blocks.block_grid(420, 128)) == 16
+    for x_shape, out_shape in shapes:
+        assert max(x_shape[1:]) <= limit and max(out_shape[1:]) <= limit, (x_shape, out_shape)
+    labels = read_whole(out / "slide_label.tiff")
+    assert labels.shape == (500, 420) and labels.max() > 0
+    np.testing.assert_array_equal(np.unique(labels), np.arange(int(labels.max()) + 1))  # 1..N, no gaps
+    assert read_whole(out / "small_label.tiff").shape == (limit, limit)
