@@ -11,6 +11,7 @@ import logging
 import os
 import struct
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import numpy as np
 
@@ -21,6 +22,7 @@ __all__ = [
     "read_image",
     "image_shape",
     "write_labels",
+    "write_atomically",
     "label_dtype",
     "output_name",
     "list_images",
@@ -253,10 +255,20 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
     if labels.size and int(labels.min()) < 0:
         raise ValueError("labels must be >= 0")
     out = labels.astype(label_dtype(n_max), copy=False)
+    return write_atomically(path, lambda fh: tifffile.imwrite(fh, out, compression="zlib"))
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(file)`` on a hidden temporary beside ``path``, sync it, and rename it onto ``path``.
+
+    Readers see either the old file (or none) or the whole new one; on any error the temporary is
+    removed and the error raised.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
-            tifffile.imwrite(fh, out, compression="zlib")
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

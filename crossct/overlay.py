@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .io import write_atomically
 from .normalize import normalize_image
 
 __all__ = ["overlay_image", "write_overlay"]
@@ -32,11 +33,4 @@ def write_overlay(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray
     ok, data = cv2.imencode(".png", overlay_image(image, labels)[:, :, ::-1])
     if not ok:
         raise OSError(f"cannot encode overlay for {path}")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_bytes(data.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda fh: fh.write(data.tobytes()))
