@@ -111,3 +111,13 @@ def test_torchrun_two_gloo_processes_complete_and_resume_identically(synthetic, 
     a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "resumed" / "last.pt")
     for key, value in a["unet"]["model"].items():
         assert torch.equal(value, b["unet"]["model"][key]), key
+
+
+def test_resume_with_a_new_total_replans_the_run(synthetic, tmp_path):
+    train(_cfg(synthetic, tmp_path / "run", steps=8, stop_after=3))
+    train(_cfg(synthetic, tmp_path / "run", steps=8), resume=True, overrides={"steps": 5})
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["step"] == 5 and last["config"]["steps"] == 5
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 5
+    # The learning rate decayed to zero at the new end.
+    assert last["roles"]["unet"]["scheduler"]["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)

@@ -15,8 +15,10 @@ Settings come from defaults < ``--config FILE.json`` < flags; all are saved in R
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 __all__ = ["main"]
@@ -45,7 +47,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .loops import train
 
     cfg = config_from_args(args, mode=args.command)
-    result = train(cfg, resume=args.resume)
+    # On --resume, only the flags actually given change the saved run's settings.
+    given = {f: v for f, v in vars(args).items() if f in cfg.to_dict() and v is not None and f != "mode"}
+    if args.config:
+        given = {**json.loads(Path(args.config).read_text()), **given}
+    result = train(cfg, resume=args.resume, overrides=given if args.resume else None)
     logging.getLogger("crossct.train").info("done: %s", result)
     return 0
 

@@ -358,8 +358,17 @@ def _save_best(role: Role, run_dir: Path, step: int, result: dict[str, Any]) -> 
         "val": json.dumps(result)})
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) training as configured; returns the best validation results per role."""
+RESUME_KEEPS = ("stop_after", "checkpoint_minutes", "checkpoint_every", "threads", "num_workers")
+
+
+def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run (or resume) training as configured; returns the best validation results per role.
+
+    On ``resume`` the run's saved settings are used, with ``overrides`` (the flags given on the
+    command line) on top; without ``overrides``, only the process-level settings in
+    :data:`RESUME_KEEPS` are taken from ``cfg``.  Changing ``steps`` on resume re-plans the
+    learning-rate decay for the new total (the run is then no longer identical to one planned so).
+    """
     dist = Distributed.setup()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -371,9 +380,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             raise FileNotFoundError(f"--resume: {last} does not exist")
         state = load_checkpoint(last)
         saved = TrainConfig.from_dict(state["config"])
-        # The run's own settings win, except how far to go and how often to save or stop.
-        cfg = TrainConfig.from_dict({**saved.to_dict(), **{k: getattr(cfg, k) for k in
-                                     ("stop_after", "checkpoint_minutes", "checkpoint_every", "threads", "num_workers")}})
+        if overrides is None:
+            overrides = {k: getattr(cfg, k) for k in RESUME_KEEPS}
+        if overrides:
+            logger.info("resuming with changed settings: %s", overrides)
+        cfg = TrainConfig.from_dict({**saved.to_dict(), **overrides})
     torch.manual_seed(cfg.seed)
     roles = _roles_for(cfg, dist)
     if resume:
