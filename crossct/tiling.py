@@ -21,12 +21,16 @@ PredictBatch = Callable[[np.ndarray], np.ndarray]
 
 
 def tile_starts(length: int, tile: int, stride: int) -> list[int]:
-    """Start offsets of tiles along one axis of ``length`` (>= tile), the last flush with the end."""
+    """Start offsets of tiles along one axis of ``length`` (>= tile), first at 0, last flush with the end.
+
+    The fewest tiles whose step is at most ``stride``, spread evenly: every overlap is at least
+    ``tile - stride`` and no tile is wasted on a sliver at the end (1000 px at tile 256, stride 192:
+    5 tiles either way, but evenly 186 px apart rather than 192, 192, 192, 168).
+    """
     if length <= tile:
         return [0]
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
+    n = -(-(length - tile) // stride) + 1
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
 
 
 def tile_grid(height: int, width: int, tile: int, stride: int) -> list[tuple[int, int]]:

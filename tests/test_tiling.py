@@ -84,7 +84,10 @@ def test_tile_starts_known_values():
     assert tile_starts(64, 64, 48) == [0]
     assert tile_starts(100, 64, 48) == [0, 36]
     assert tile_starts(160, 64, 48) == [0, 48, 96]
-    assert tile_starts(200, 64, 48) == [0, 48, 96, 136]
+    # 136 px to cover in steps of at most 48: 4 tiles, evenly 45-46 px apart (not 48, 48, 40).
+    assert tile_starts(200, 64, 48) == [0, 45, 91, 136]
+    starts = tile_starts(1000, 256, 192)
+    assert len(starts) == 5 and max(b - a for a, b in zip(starts, starts[1:])) <= 192
 
 
 @pytest.mark.parametrize("height, width", [(64, 64), (300, 1000), (65, 129)])
