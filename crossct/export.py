@@ -112,6 +112,26 @@ def export_weights(state_dict: dict[str, Any], spec, out_dir: str | os.PathLike,
     return spec
 
 
+def apply_settings(spec, settings: Sequence[str]):
+    """``spec`` with ``SECTION.FIELD=VALUE`` changes (VALUE parsed as JSON when it can be, else a string)."""
+    import json
+
+    from .config import ModelSpec
+
+    d = spec.to_dict()
+    for item in settings:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not (sep and dot) or section not in ("normalize", "tiling", "postprocess"):
+            raise ValueError(f"--set {item!r}: expected SECTION.FIELD=VALUE with SECTION normalize, tiling or postprocess")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        d[section][name] = value
+    return ModelSpec.from_dict(d)
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m crossct.export",
@@ -121,7 +141,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("paths", nargs="+", metavar="CHECKPOINT OUT_DIR",
                    help="training checkpoint (.pt holding 'model' and 'spec') and the folder to write the weights into; "
                         "only OUT_DIR with --tiny-untrained")
-    p.add_argument("--postprocess-json", help="JSON file with post-processing settings to store in the spec")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="change an inference setting stored with the weights, e.g. tiling.batch_size=16 or "
+                        "postprocess.seed_threshold=0.4 (sections: normalize, tiling, postprocess); repeatable")
     p.add_argument("--tiny-untrained", action="store_true",
                    help="ignore CHECKPOINT and export a tiny randomly initialised U-Net (tests and CI only)")
     p.add_argument("--seed", type=int, default=0, help="seed for --tiny-untrained")
@@ -136,11 +158,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    import json
-
     import torch
 
-    from .config import ModelSpec, PostprocessConfig
+    from .config import ModelSpec
     from .nets import build_network
 
     if args.tiny_untrained:
@@ -148,11 +168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = tiny_spec()
         state = build_network(spec.model).state_dict()
     else:
-        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+        from .train.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(args.checkpoint)
         spec = ModelSpec.from_dict(ckpt["spec"])
         state = ckpt.get("model", ckpt.get("state_dict"))
-    if args.postprocess_json:
-        spec = spec.replace(postprocess=PostprocessConfig(**json.loads(Path(args.postprocess_json).read_text())))
+    if args.settings:
+        spec = apply_settings(spec, args.settings)
     spec = export_weights(state, spec, args.out_dir)
     print(f"wrote {args.out_dir}: {', '.join(sorted(spec.checksums))} + model.json "
           f"(ONNX vs PyTorch max abs diff {spec.metadata['onnx_max_abs_diff']:.2e})")

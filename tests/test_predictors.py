@@ -205,3 +205,16 @@ def test_cuda_requested_without_cuda_is_a_weights_error(tiny_weights):
     for backend in ("onnx", "torch"):
         with pytest.raises(WeightsError, match="'cuda' requested"):
             load_predictor(tiny_weights, backend=backend, device="cuda")
+
+
+def test_export_set_changes_stored_settings_and_refuses_unknown_sections():
+    from crossct.export import apply_settings, tiny_spec
+
+    spec = apply_settings(tiny_spec(), ["tiling.batch_size=16", "postprocess.seed_threshold=0.35",
+                                        "postprocess.method=threshold"])
+    assert spec.tiling.batch_size == 16 and spec.postprocess.seed_threshold == 0.35
+    assert spec.postprocess.method == "threshold"
+    with pytest.raises(ValueError, match="SECTION.FIELD"):
+        apply_settings(tiny_spec(), ["model.arch=swin_unetr"])
+    with pytest.raises(ValueError, match="unknown keys"):
+        apply_settings(tiny_spec(), ["tiling.tile=3"])
