@@ -84,7 +84,7 @@ def export_weights(state_dict: dict[str, Any], spec, out_dir: str | os.PathLike,
     import torch
 
     from .config import save_spec
-    from .nets import FULLY_CONVOLUTIONAL, build_network, with_probabilities
+    from .nets import FULLY_CONVOLUTIONAL, build_network, inference_copy, with_probabilities
     from .predictors import ONNX_NAME, SPEC_NAME, TORCH_NAME, sha256_file
 
     out = Path(out_dir)
@@ -96,7 +96,8 @@ def export_weights(state_dict: dict[str, Any], spec, out_dir: str | os.PathLike,
 
     onnx_path, torch_path, spec_path = out / ONNX_NAME, out / TORCH_NAME, out / SPEC_NAME
     dynamic = spec.model.arch in FULLY_CONVOLUTIONAL
-    export_onnx(module, onnx_path, tile, dynamic_spatial=dynamic)
+    # The exported graph is the inference copy (PReLU -> LeakyReLU); it is checked against the original.
+    export_onnx(with_probabilities(inference_copy(network)), onnx_path, tile, dynamic_spatial=dynamic)
     diff = check_onnx_matches_torch(module, onnx_path, tile, dynamic_spatial=dynamic)
     logger.info("ONNX Runtime vs PyTorch: max abs diff %.2e", diff)
     if not diff < TOLERANCE:
