@@ -25,10 +25,10 @@ __all__ = ["tune_postprocess", "score_outputs", "main", "SEARCH_SPACE"]
 logger = logging.getLogger(__name__)
 
 SEARCH_SPACE: dict[str, list[Any]] = {
-    "seed_threshold": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
-    "mask_threshold": [0.3, 0.4, 0.5, 0.6],
-    "smooth_sigma": [0.0, 1.0, 2.0],
-    "min_seed_size": [1, 3, 8],
+    "seed_threshold": [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
+    "mask_threshold": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+    "smooth_sigma": [0.0, 1.0, 2.0, 3.0],
+    "min_seed_size": [1, 3, 8, 16],
     "min_size": [8, 16, 32],
 }
 
