@@ -1,8 +1,9 @@
-"""``python -m crossct.demo``: segment example images that ship with scikit-image (no download, no GPU).
+"""``python -m crossct.demo``: segment built-in example images (no download, no GPU).
 
-Copies scikit-image's ``cell.png`` (phase contrast) and a crop of ``ihc.png`` (stained histology)
-into ``DEMO/inputs``, runs the normal prediction on them into ``DEMO/outputs`` with outline
-previews in ``DEMO/overlays``, and prints where everything went.
+Writes scikit-image's ``ihc.png`` (immunohistochemistry, stained nuclei) and a synthetic
+fluorescence-like field of touching nuclei (:mod:`crossct.synthetic`) into ``DEMO/inputs``, runs
+the normal prediction on them into ``DEMO/outputs`` with outline previews in ``DEMO/overlays``,
+and prints where everything went.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-EXAMPLES = {"cell.png": None, "ihc.png": (slice(0, 256), slice(0, 256))}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -31,12 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = Path(skimage.__file__).parent / "data"
     inputs = Path(args.out) / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
-    for name, crop in EXAMPLES.items():
-        if crop is None:
-            shutil.copyfile(data_dir / name, inputs / name)
-        else:
-            image = cv2.imread(str(data_dir / name), cv2.IMREAD_UNCHANGED)
-            cv2.imwrite(str(inputs / name), image[crop])
+    from .synthetic import synthetic_cells
+
+    shutil.copyfile(data_dir / "ihc.png", inputs / "ihc.png")
+    cv2.imwrite(str(inputs / "synthetic_nuclei.png"), synthetic_cells(384, 512, seed=7)[0])
     cli_args = ["-i", str(inputs), "-o", str(Path(args.out) / "outputs"), "--overlay", str(Path(args.out) / "overlays")]
     if args.weights:
         cli_args += ["-w", args.weights]
