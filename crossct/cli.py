@@ -8,6 +8,7 @@ be done (bad arguments, missing input folder, unwritable output folder, no weigh
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -106,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FATAL
     spec = predictor.spec
     if args.postprocess:
-        spec = spec.replace(postprocess=spec.postprocess.__class__(**{**spec.postprocess.__dict__, "method": args.postprocess}))
+        spec = spec.replace(postprocess=dataclasses.replace(spec.postprocess, method=args.postprocess))
 
     start = time.perf_counter()
     summary = run_batch(work, predictor, spec, overlay_dir=Path(args.overlay) if args.overlay else None,

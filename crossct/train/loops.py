@@ -212,11 +212,16 @@ def summarize(per_source: dict[str, list[float]]) -> dict[str, Any]:
     }
 
 
+def balanced_f1(summary: dict[str, Any]) -> float:
+    """The one score that picks checkpoints and post-processing thresholds: the mean of the overall
+    mean F1 and the mean over sources (the val split is mostly one source; neither the big source
+    nor the small ones may be sacrificed)."""
+    return 0.5 * (summary["mean"] + summary["source_mean"])
+
+
 def selection_score(result: dict[str, Any]) -> float:
-    """Checkpoints are kept by F1: the mean of the overall mean and the mean over sources
-    (the val split is mostly one source; neither the big source nor the small ones may be sacrificed)."""
-    ws = result["watershed"]
-    return 0.5 * (ws["mean"] + ws["source_mean"])
+    """:func:`balanced_f1` of the watershed post-processing, for keeping checkpoints."""
+    return balanced_f1(result["watershed"])
 
 
 def load_val_items(records, limit: int = 0) -> list[dict[str, Any]]:

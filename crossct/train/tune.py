@@ -47,20 +47,18 @@ def score_outputs(cached: list[dict[str, Any]], post) -> dict[str, Any]:
     return summarize(per_source)
 
 
-def _objective(summary: dict[str, Any]) -> float:
-    return 0.5 * (summary["mean"] + summary["source_mean"])
-
-
 def tune_postprocess(cached: list[dict[str, Any]], start, passes: int = 2,
                      space: dict[str, list[Any]] | None = None):
     """Coordinate descent over ``space`` from ``start`` (a PostprocessConfig, method watershed).
 
     Returns (best config, its summary, trace of (setting, value, objective)).
     """
+    from .loops import balanced_f1
+
     space = space or SEARCH_SPACE
     best = dataclasses.replace(start, method="watershed")
     best_summary = score_outputs(cached, best)
-    best_score = _objective(best_summary)
+    best_score = balanced_f1(best_summary)
     trace = [("start", None, best_score)]
     for _ in range(passes):
         improved = False
@@ -70,7 +68,7 @@ def tune_postprocess(cached: list[dict[str, Any]], start, passes: int = 2,
                     continue
                 candidate = dataclasses.replace(best, **{name: value})
                 summary = score_outputs(cached, candidate)
-                score = _objective(summary)
+                score = balanced_f1(summary)
                 trace.append((name, value, score))
                 if score > best_score + 1e-6:
                     best, best_summary, best_score, improved = candidate, summary, score, True
@@ -106,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..config import load_spec, save_spec
     from ..predictors import load_predictor
     from .data import read_manifest
-    from .loops import default_data_dir
+    from .loops import balanced_f1, default_data_dir
 
     data = Path(args.data) if args.data else default_data_dir()
     records = read_manifest(data / "manifest.csv", split=args.split)
@@ -122,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.write:
         spec_path = Path(args.weights) / "model.json"
         spec = load_spec(spec_path)
-        tuned = {"split": args.split, "score_before": round(_objective(before), 4), "score_after": round(_objective(summary), 4)}
+        tuned = {"split": args.split, "score_before": round(balanced_f1(before), 4), "score_after": round(balanced_f1(summary), 4)}
         save_spec(spec.replace(postprocess=best, metadata={**spec.metadata, "postprocess_tuning": tuned}), spec_path)
         print(f"wrote tuned post-processing into {Path(args.weights) / 'model.json'}")
     return 0
