@@ -6,17 +6,17 @@ read -> normalise -> tile + run network -> blend -> post-process -> labels.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from .config import ModelSpec
+from .config import ModelSpec, TilingConfig
 from .normalize import normalize_image
 from .postprocess import postprocess
 from .predictors import Predictor
 from .tiling import sliding_window
 
-__all__ = ["segment", "predict_outputs", "Timings"]
+__all__ = ["segment", "predict_outputs", "tiling_for", "Timings"]
 
 
 @dataclass
@@ -29,6 +29,13 @@ class Timings:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+def tiling_for(predictor: Predictor, tiling: TilingConfig) -> TilingConfig:
+    """``tiling`` with the batch size for the predictor's device (GPU: ``batch_size``, CPU: ``cpu_batch_size``)."""
+    if getattr(predictor, "on_gpu", False) or tiling.batch_size == tiling.cpu_batch_size:
+        return tiling
+    return replace(tiling, batch_size=tiling.cpu_batch_size)
+
+
 def predict_outputs(image: np.ndarray, predictor: Predictor, spec: ModelSpec | None = None,
                     timings: Timings | None = None) -> np.ndarray:
     """(H, W, C) raw image -> (5, H, W) float32 blended network outputs."""
@@ -37,7 +44,8 @@ def predict_outputs(image: np.ndarray, predictor: Predictor, spec: ModelSpec | N
     t0 = time.perf_counter()
     x = normalize_image(image, spec.normalize, channels_first=True)
     t1 = time.perf_counter()
-    outputs = sliding_window(x, predictor.predict, spec.tiling, out_channels=len(spec.output_channels))
+    tiling = tiling_for(predictor, spec.tiling)
+    outputs = sliding_window(x, predictor.predict, tiling, out_channels=len(spec.output_channels))
     timings.normalize += t1 - t0
     timings.model += time.perf_counter() - t1
     return outputs

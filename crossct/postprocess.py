@@ -16,23 +16,35 @@ Two methods:
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .config import PostprocessConfig
 
-__all__ = ["postprocess", "watershed_labels", "threshold_labels", "remove_small", "relabel_sequential"]
+__all__ = ["postprocess", "watershed_labels", "threshold_labels", "remove_small", "relabel_sequential",
+           "remove_small_and_relabel"]
 
 BACKGROUND, INTERIOR, BOUNDARY, CELL_DISTANCE, NEIGHBOR_DISTANCE = range(5)
 
 
-def relabel_sequential(labels: np.ndarray) -> np.ndarray:
-    """Labels renumbered 1..N in order of first appearance of their value; int32/int64 output."""
-    values = np.unique(labels)
-    values = values[values != 0]
-    dtype = np.int32 if values.size < np.iinfo(np.int32).max else np.int64
-    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=dtype)
-    lut[values] = np.arange(1, values.size + 1, dtype=dtype)
+def _present(labels: np.ndarray) -> np.ndarray:
+    """Boolean table over 0..max: which values occur (one pass, no sort; np.unique sorts)."""
+    present = np.zeros(int(labels.max()) + 1 if labels.size else 1, bool)
+    present[labels.ravel()] = True
+    return present
+
+
+def _renumber(keep: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Apply the table ``keep`` (over 0..max): kept values become 1..N in increasing order, others 0."""
+    keep = keep.copy()
+    keep[0] = False
+    dtype = np.int32 if keep.sum() < np.iinfo(np.int32).max else np.int64
+    lut = np.cumsum(keep, dtype=dtype)
+    lut[~keep] = 0
     return lut[labels]
+
+
+def relabel_sequential(labels: np.ndarray) -> np.ndarray:
+    """Labels renumbered 1..N in increasing order of their value; int32/int64 output."""
+    return _renumber(_present(labels), labels)
 
 
 def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -47,6 +59,31 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return out
 
 
+def remove_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """:func:`remove_small` then :func:`relabel_sequential` in one lookup (labels >= 0)."""
+    if labels.max() == 0:
+        return np.zeros(labels.shape, np.int32)
+    return _renumber(np.bincount(labels.ravel()) >= max(min_size, 1), labels)
+
+
+def _label4(binary: np.ndarray) -> tuple[np.ndarray, int]:
+    """4-connected components of a boolean image as int32 labels (OpenCV: 3x scipy.ndimage.label)."""
+    import cv2
+
+    binary = np.ascontiguousarray(binary, dtype=bool)
+    count, labels = cv2.connectedComponents(binary.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+    return labels, count - 1
+
+
+def _gaussian(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian smoothing as ``scipy.ndimage.gaussian_filter(image, sigma)`` (mirror borders,
+    radius 4 sigma), in OpenCV: 1.5 ms instead of 29 ms on 1024 x 1024."""
+    import cv2
+
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    return cv2.GaussianBlur(image, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
+
+
 def threshold_labels(outputs: np.ndarray, config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:
     """The organisers' post-processing: interior probability > threshold, holes filled, small removed, labelled.
 
@@ -57,7 +94,7 @@ def threshold_labels(outputs: np.ndarray, config: PostprocessConfig = Postproces
     interior = outputs[INTERIOR] > config.interior_threshold
     interior = morphology.remove_small_holes(interior, max_size=max(config.min_size, 1))
     labels = measure.label(interior, connectivity=1).astype(np.int32)
-    return relabel_sequential(remove_small(labels, config.min_size))
+    return remove_small_and_relabel(labels, config.min_size)
 
 
 def watershed_labels(outputs: np.ndarray, config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:
@@ -76,22 +113,21 @@ def watershed_labels(outputs: np.ndarray, config: PostprocessConfig = Postproces
 
     cell = outputs[CELL_DISTANCE]
     if config.smooth_sigma > 0:
-        cell = ndi.gaussian_filter(cell, config.smooth_sigma)
+        cell = _gaussian(cell, config.smooth_sigma)
     neighbor = outputs[NEIGHBOR_DISTANCE]
     mask = (outputs[INTERIOR] + outputs[BOUNDARY]) > config.mask_threshold
     seed_map = ((cell - np.clip(neighbor, 0, None) ** 2) > config.seed_threshold) & mask
-    structure = ndi.generate_binary_structure(2, 1)
-    seeds, n_seeds = ndi.label(seed_map, structure=structure)
-    seeds = remove_small(seeds, config.min_seed_size)
-    labels = watershed(-cell, markers=seeds, mask=mask) if n_seeds else np.zeros(cell.shape, np.int32)
+    seeds, _ = _label4(seed_map)
+    seeds = remove_small_and_relabel(seeds, config.min_seed_size)
+    labels = watershed(-cell, markers=seeds, mask=mask) if seeds.any() else np.zeros(cell.shape, np.int32)
     labels = labels.astype(np.int32, copy=False)
 
-    # Foreground islands the flooding could not reach (no seed of their own) become cells.
-    orphans, n_orphans = ndi.label(mask & (labels == 0), structure=structure)
+    # Foreground islands the flooding could not reach (no seed of their own) become cells; the
+    # size filter below drops the small ones.
+    orphans, n_orphans = _label4(mask & (labels == 0))
     if n_orphans:
-        orphans = remove_small(orphans, config.min_size)
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    return relabel_sequential(remove_small(labels, config.min_size))
+    return remove_small_and_relabel(labels, config.min_size)
 
 
 def postprocess(outputs: np.ndarray, config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:

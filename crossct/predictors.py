@@ -47,6 +47,7 @@ class WeightsError(RuntimeError):
 class Predictor(Protocol):
     spec: ModelSpec
     description: str
+    on_gpu: bool  # picks the tile batch size (TilingConfig.batch_size or cpu_batch_size)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(B, 3, t, t) float32 -> (B, 5, t, t) float32."""
@@ -141,6 +142,7 @@ class OnnxPredictor:
         if want_cuda and used != "CUDAExecutionProvider":
             logger.warning("CUDA execution provider failed to initialise; falling back to %s", used)
         self.description = f"onnxruntime {ort.__version__} {used}"
+        self.on_gpu = used == "CUDAExecutionProvider"
         logger.info("ONNX Runtime using %s (%d CPU threads)", used, options.intra_op_num_threads)
         self._check_io()
 
@@ -207,6 +209,7 @@ class TorchPredictor:
         self.device = torch.device(device)
         self.module = with_probabilities(network).to(self.device).eval()
         self.description = f"torch {torch.__version__} {self.device}"
+        self.on_gpu = self.device.type == "cuda"
         logger.info("PyTorch using %s", self.device)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:

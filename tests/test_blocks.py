@@ -70,3 +70,24 @@ def test_thin_images_go_through_blocks(shape):
     image[:, ::50] = 200
     labels = segment(image, PointwiseNet(spec))
     assert labels.shape == shape
+
+
+@pytest.mark.parametrize("on_gpu, expected", [(False, 3), (True, 16)])
+def test_tile_batch_size_follows_the_device(on_gpu, expected):
+    """CPU calls take cpu_batch_size tiles (cache-friendly), GPU calls batch_size; same labels."""
+    spec = ModelSpec(tiling=TilingConfig(tile_size=64, overlap=0.25, batch_size=16, cpu_batch_size=3),
+                     postprocess=_spec(4096, 64).postprocess)
+    image, _ = synthetic_cells(200, 230, seed=3)
+    sizes = []
+
+    class Recording(PointwiseNet):
+        def predict(self, batch):
+            sizes.append(batch.shape[0])
+            return super().predict(batch)
+
+    net = Recording(spec)
+    net.on_gpu = on_gpu
+    labels = segment(image, net)
+    assert max(sizes) == expected and sum(sizes) == 20  # 4 x 5 tiles
+    reference = segment(image, PointwiseNet(spec))  # no on_gpu attribute: CPU
+    np.testing.assert_array_equal(labels, reference)

@@ -8,9 +8,12 @@ from conftest import iou, outputs_from_labels, two_touching_disks
 
 from crossct.config import PostprocessConfig
 from crossct.postprocess import (
+    _gaussian,
+    _label4,
     postprocess,
     relabel_sequential,
     remove_small,
+    remove_small_and_relabel,
     threshold_labels,
     watershed_labels,
 )
@@ -145,6 +148,38 @@ def test_relabel_sequential_and_remove_small():
     remove_small(labels, 3)
     np.testing.assert_array_equal(labels, before)
     assert relabel_sequential(np.zeros((2, 2), np.int32)).max() == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_one_lookup_filter_equals_remove_small_then_relabel(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 40, size=(60, 70)) * (rng.random((60, 70)) < 0.7)
+    for min_size in (0, 1, 50, 120, 10_000):
+        expected = relabel_sequential(remove_small(labels, min_size))
+        np.testing.assert_array_equal(remove_small_and_relabel(labels, min_size), expected)
+    assert remove_small_and_relabel(np.zeros((3, 3), np.int64), 5).dtype == np.int32
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (64, 48), (257, 300)])
+@pytest.mark.parametrize("sigma", [0.7, 2.0, 3.5])
+def test_opencv_gaussian_equals_scipy(shape, sigma):
+    from scipy import ndimage as ndi
+
+    image = np.random.default_rng(1).random(shape, dtype=np.float32) * 10
+    np.testing.assert_allclose(_gaussian(image, sigma), ndi.gaussian_filter(image, sigma), atol=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_opencv_components_equal_scipy_partition(seed):
+    from scipy import ndimage as ndi
+
+    binary = np.random.default_rng(seed).random((80, 90)) < 0.55
+    ours, n = _label4(binary)
+    theirs, m = ndi.label(binary)  # 4-connected by default in 2D
+    assert n == m and ours.dtype == np.int32
+    # Same components, possibly numbered differently: a one-to-one map between the two numberings.
+    pairs = np.unique(np.stack([ours.ravel(), theirs.ravel()]), axis=1)
+    assert pairs.shape[1] == n + 1 and len(set(pairs[0])) == len(set(pairs[1])) == n + 1
 
 
 @pytest.mark.parametrize("kwargs, match", [({"method": "otsu"}, "watershed"), ({"min_size": -1}, "min_size")])
