@@ -223,6 +223,7 @@ def _worker_ours(args: argparse.Namespace) -> dict[str, Any]:
 
         def __init__(self, inner):
             self.inner, self.spec, self.description = inner, inner.spec, inner.description
+            self.on_gpu = getattr(inner, "on_gpu", False)
             self.tiles, self.seconds = 0, 0.0
 
         def predict(self, batch):

@@ -10,6 +10,7 @@ from crossct.config import PostprocessConfig
 from crossct.postprocess import (
     _gaussian,
     _label4,
+    flood,
     postprocess,
     relabel_sequential,
     remove_small,
@@ -180,6 +181,28 @@ def test_opencv_components_equal_scipy_partition(seed):
     # Same components, possibly numbered differently: a one-to-one map between the two numberings.
     pairs = np.unique(np.stack([ours.ravel(), theirs.ravel()]), axis=1)
     assert pairs.shape[1] == n + 1 and len(set(pairs[0])) == len(set(pairs[1])) == n + 1
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_flooding_by_bands_of_components_equals_one_watershed(seed):
+    from skimage.segmentation import watershed
+
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(5, 90, 2)
+    # Plateaus everywhere (ties between flooded pixels) but distinct values at the markers.
+    surface = rng.integers(0, 4, (h, w)).astype(np.float64)
+    mask = rng.random((h, w)) < rng.uniform(0.3, 0.8)
+    markers = (rng.random((h, w)) < 0.05) * rng.integers(1, 30, (h, w))
+    surface[markers > 0] += rng.permutation(np.count_nonzero(markers)) / (10 * np.count_nonzero(markers) + 1)
+    expected = watershed(surface, markers=markers, mask=mask)
+    got = flood(surface, markers, mask, band_rows=int(rng.integers(1, 40)))
+    np.testing.assert_array_equal(got, expected)
+    assert got.dtype == np.int32
+
+
+def test_flood_without_foreground_or_markers():
+    assert not flood(np.zeros((4, 5)), np.zeros((4, 5), int), np.zeros((4, 5), bool)).any()
+    assert not flood(np.zeros((4, 5)), np.zeros((4, 5), int), np.ones((4, 5), bool)).any()
 
 
 @pytest.mark.parametrize("kwargs, match", [({"method": "otsu"}, "watershed"), ({"min_size": -1}, "min_size")])

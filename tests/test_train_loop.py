@@ -121,3 +121,28 @@ def test_resume_with_a_new_total_replans_the_run(synthetic, tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["steps"] == 5
     # The learning rate decayed to zero at the new end.
     assert last["roles"]["unet"]["scheduler"]["_last_lr"][0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_run_resumes(synthetic, tmp_path):
+    """A job killed by its time limit (SIGTERM) keeps every finished step, not the last timed checkpoint."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "crossct.train", "supervised", "--run-dir", str(run), "--images-dir",
+            synthetic["images_dir"], "--labels-dir", synthetic["labels_dir"], "--cache-dir", synthetic["cache_dir"],
+            "--crop", "64", "--batch-size", "2", "--steps", "100000", "--warmup-steps", "1", "--val-every", "0",
+            "--checkpoint-minutes", "600", "--threads", "1"]
+    child = subprocess.Popen(args, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "train_log.csv").exists() or len((run / "train_log.csv").read_text().splitlines()) < 2:
+        assert child.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err
+    assert "SIGTERM received" in err and "stopping at step" in err
+    stopped = load_checkpoint(run / "last.pt")["step"]
+    assert 25 <= stopped < 100000  # at least the logged steps, saved although no timed checkpoint was due
+    train(_cfg(synthetic, run, steps=stopped + 2), resume=True, overrides={"steps": stopped + 2})
+    assert load_checkpoint(run / "last.pt")["step"] == stopped + 2

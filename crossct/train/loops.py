@@ -17,7 +17,9 @@ import csv
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +84,42 @@ class Distributed:
     def close(self) -> None:
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+class StopRequest:
+    """SIGTERM / SIGINT while training: finish the step, write last.pt, return (resume with --resume).
+
+    A session or batch-job time limit then costs one step, not the minutes since the last
+    checkpoint.  Under torchrun every process must stop at the same step, so the flag is shared.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, dist: Distributed) -> None:
+        self.dist, self.received, self._previous = dist, None, {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.received is not None:  # a second signal: stop now, the usual way
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+        logger.warning("%s received: stopping after this step with a checkpoint", self.received)
+
+    def __bool__(self) -> bool:
+        stop = self.received is not None
+        if self.dist.world > 1:
+            flag = torch.tensor([float(stop)], device=self.dist.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
 
 
 # ----------------------------------------------------------------------------- roles
@@ -444,32 +482,38 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
         progress = tqdm(total=cfg.steps, initial=start_step, unit="step", dynamic_ncols=True)
     step = start_step
     t_log = time.perf_counter()
-    while step < cfg.steps:
-        logged = train_one_step(step, roles, batches, cfg, sup_loss, ct_loss, dist.device)
-        step += 1
-        steps_this_run += 1
-        if progress:
-            progress.update(1)
-            progress.set_postfix(loss=f"{logged['loss']:.3f}")
-        if dist.main and (step % 25 == 0 or step == cfg.steps):
-            elapsed = time.perf_counter() - t_log
-            log.train({"step": step, **{k: round(v, 5) for k, v in logged.items()}})
-            if not progress:
-                logger.info("step %d/%d loss %.4f lr %.2e (%.2f s/step)", step, cfg.steps, logged["loss"],
-                            logged["lr"], elapsed / 25)
-            t_log = time.perf_counter()
-        if cfg.val_every and step % cfg.val_every == 0 and step < cfg.steps:
-            validate(step)
-        timed_out = time.monotonic() - last_save > cfg.checkpoint_minutes * 60
-        if timed_out or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-            checkpoint(step)
-            last_save = time.monotonic()
-        if cfg.stop_after and steps_this_run >= cfg.stop_after and step < cfg.steps:
-            logger.info("stopping after %d steps as asked (--stop-after); resume with --resume", steps_this_run)
-            checkpoint(step)
-            dist.barrier()
-            dist.close()
-            return {"stopped_at": step}
+    stop = StopRequest(dist).__enter__()
+    try:
+        while step < cfg.steps:
+            logged = train_one_step(step, roles, batches, cfg, sup_loss, ct_loss, dist.device)
+            step += 1
+            steps_this_run += 1
+            if progress:
+                progress.update(1)
+                progress.set_postfix(loss=f"{logged['loss']:.3f}")
+            if dist.main and (step % 25 == 0 or step == cfg.steps):
+                elapsed = time.perf_counter() - t_log
+                log.train({"step": step, **{k: round(v, 5) for k, v in logged.items()}})
+                if not progress:
+                    logger.info("step %d/%d loss %.4f lr %.2e (%.2f s/step)", step, cfg.steps, logged["loss"],
+                                logged["lr"], elapsed / 25)
+                t_log = time.perf_counter()
+            if cfg.val_every and step % cfg.val_every == 0 and step < cfg.steps:
+                validate(step)
+            timed_out = time.monotonic() - last_save > cfg.checkpoint_minutes * 60
+            if timed_out or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                checkpoint(step)
+                last_save = time.monotonic()
+            asked = bool(cfg.stop_after) and steps_this_run >= cfg.stop_after
+            if step < cfg.steps and (asked or stop):
+                logger.info("stopping at step %d (%s); resume with --resume", step,
+                            "--stop-after" if asked else stop.received)
+                checkpoint(step)
+                dist.barrier()
+                dist.close()
+                return {"stopped_at": step}
+    finally:
+        stop.__exit__(None, None, None)
     validate(step)
     checkpoint(step)
     if progress:
