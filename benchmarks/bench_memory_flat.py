@@ -117,6 +117,16 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"| peak RSS MB | slope KiB / image | growth over 1,000 images MB |\n|---|---|---|---|---|---|---|---|")
         print(f"| {args.n} | {run.seconds:.1f} | {run.seconds / args.n:.3f} | {rss_tenth:.0f} | {rss_end:.0f} | "
               f"{run.max_rss_mb:.0f} | {kib_per_image:+.1f} | {kib_per_image * 1000 / 1024:+.1f} |")
+        # The shape of the curve: a warm-up step (allocator and caches settling over the first
+        # images) then flat, or a steady climb (a leak).  Slope over the second half alone, too.
+        late = [(d, r) for d, r in points if d >= args.n // 2]
+        late_kib = slope(late) * 1024 if len(late) >= 2 else float("nan")
+        marks = sorted({min(last_done, max(first_done, args.n * k // 10)) for k in range(1, 11)})
+        seen = [max((r for d, r in points if d <= m), default=float("nan")) for m in marks]
+        print("\nHighest RSS so far, by images done:\n")
+        print("| images done | " + " | ".join(str(m) for m in marks) + " |\n|---|" + "---|" * len(marks))
+        print("| RSS MB | " + " | ".join(f"{r:.0f}" for r in seen) + " |")
+        print(f"\nslope over the second half: {late_kib:+.1f} KiB / image ({late_kib * 1000 / 1024:+.1f} MB per 1,000 images)")
         print(f"\n{len(run.samples)} samples every {args.interval} s; {load_line()}")
     finally:
         if args.work_dir is None:
