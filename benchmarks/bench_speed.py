@@ -209,8 +209,36 @@ def _warm_up_crop(image):
     return image[: min(image.shape[0], 768), : min(image.shape[1], 768)]
 
 
+def _timed_runs(args: argparse.Namespace, counting, make_timings: Callable[[], Any],
+                run: Callable[[Any, Any], Any], write: Callable[[Any], Any]) -> list[dict[str, Any]]:
+    """Warm up on a crop, then ``args.repeat`` times: read, ``run(image, timings)``, ``write(labels)``.
+
+    ``counting`` is the wrapped network (its ``tiles`` and ``seconds`` reset per run); the timings
+    object has ``normalize``, ``model`` and ``postprocess`` seconds.
+    """
+    from crossct.io import read_image
+
+    run(_warm_up_crop(read_image(args.image)), make_timings())
+    runs = []
+    for _ in range(args.repeat):
+        counting.tiles, counting.seconds = 0, 0.0
+        timings = make_timings()
+        t0 = time.perf_counter()
+        image = read_image(args.image)
+        t1 = time.perf_counter()
+        labels = run(image, timings)
+        t2 = time.perf_counter()
+        write(labels)
+        t3 = time.perf_counter()
+        runs.append({"wall": t3 - t0, "read": t1 - t0, "norm": timings.normalize, "model": timings.model,
+                     "net": counting.seconds, "post": timings.postprocess, "write": t3 - t2,
+                     "tiles": counting.tiles, "cells": int(labels.max())})
+        del image, labels
+    return runs
+
+
 def _worker_ours(args: argparse.Namespace) -> dict[str, Any]:
-    from crossct.io import read_image, write_labels
+    from crossct.io import write_labels
     from crossct.pipeline import Timings, segment
     from crossct.predictors import load_predictor
 
@@ -234,23 +262,8 @@ def _worker_ours(args: argparse.Namespace) -> dict[str, Any]:
             return out
 
     counting = Counting(predictor)
-    segment(_warm_up_crop(read_image(args.image)), counting)
-    out = Path(args.out) / "ours_label.tiff"
-    runs = []
-    for _ in range(args.repeat):
-        counting.tiles, counting.seconds = 0, 0.0
-        timings = Timings()
-        t0 = time.perf_counter()
-        image = read_image(args.image)
-        t1 = time.perf_counter()
-        labels = segment(image, counting, timings=timings)
-        t2 = time.perf_counter()
-        write_labels(out, labels)
-        t3 = time.perf_counter()
-        runs.append({"wall": t3 - t0, "read": t1 - t0, "norm": timings.normalize, "model": timings.model,
-                     "net": counting.seconds, "post": timings.postprocess, "write": t3 - t2,
-                     "tiles": counting.tiles, "cells": int(labels.max())})
-        del image, labels
+    runs = _timed_runs(args, counting, Timings, lambda image, t: segment(image, counting, timings=t),
+                       lambda labels: write_labels(Path(args.out) / "ours_label.tiff", labels))
     return {"pipeline": "ours", "runtime": predictor.description, "load_s": load_s, "runs": runs,
             "vmhwm_mb": _vmhwm_mb()}
 
@@ -279,29 +292,15 @@ def _worker_baseline(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from benchmarks.baseline import BaselineTimings, baseline_segment, load_baseline_model
-    from crossct.io import read_image
 
     t0 = time.perf_counter()
     module, _ = load_baseline_model(args.weights)
     load_s = time.perf_counter() - t0
     counting = _counting_module(module)
-    baseline_segment(_warm_up_crop(read_image(args.image)), counting)
-    out = Path(args.out) / "baseline_label.tiff"
-    runs = []
-    for _ in range(args.repeat):
-        counting.tiles, counting.seconds = 0, 0.0
-        timings = BaselineTimings()
-        t0 = time.perf_counter()
-        image = read_image(args.image)
-        t1 = time.perf_counter()
-        labels = baseline_segment(image, counting, timings=timings)
-        t2 = time.perf_counter()
-        tifffile.imwrite(out, labels, compression="zlib")
-        t3 = time.perf_counter()
-        runs.append({"wall": t3 - t0, "read": t1 - t0, "norm": timings.normalize, "model": timings.model,
-                     "net": counting.seconds, "post": timings.postprocess, "write": t3 - t2,
-                     "tiles": counting.tiles, "cells": int(labels.max())})
-        del image, labels
+    runs = _timed_runs(args, counting, BaselineTimings,
+                       lambda image, t: baseline_segment(image, counting, timings=t),
+                       lambda labels: tifffile.imwrite(Path(args.out) / "baseline_label.tiff", labels,
+                                                       compression="zlib"))
     return {"pipeline": "baseline", "runtime": f"torch {torch.__version__} CPU, {torch.get_num_threads()} threads",
             "load_s": load_s, "runs": runs, "vmhwm_mb": _vmhwm_mb()}
 

@@ -482,8 +482,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
         progress = tqdm(total=cfg.steps, initial=start_step, unit="step", dynamic_ncols=True)
     step = start_step
     t_log = time.perf_counter()
-    stop = StopRequest(dist).__enter__()
-    try:
+    with StopRequest(dist) as stop:
         while step < cfg.steps:
             logged = train_one_step(step, roles, batches, cfg, sup_loss, ct_loss, dist.device)
             step += 1
@@ -512,8 +511,6 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
                 dist.barrier()
                 dist.close()
                 return {"stopped_at": step}
-    finally:
-        stop.__exit__(None, None, None)
     validate(step)
     checkpoint(step)
     if progress:
