@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,19 +248,32 @@ def _worker_ours(args: argparse.Namespace) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
 
     class Counting:
-        """The predictor, counting tiles and the seconds spent inside the network."""
+        """The predictor, counting tiles and the wall seconds during which a network call runs.
+
+        Calls may run concurrently (``concurrent_calls``): the seconds are the union of the calls'
+        intervals, so ``model - net`` stays the time when no network call is running.
+        """
 
         def __init__(self, inner):
             self.inner, self.spec, self.description = inner, inner.spec, inner.description
             self.on_gpu = getattr(inner, "on_gpu", False)
+            self.concurrent_calls = getattr(inner, "concurrent_calls", 1)
             self.tiles, self.seconds = 0, 0.0
+            self._lock, self._running, self._since = threading.Lock(), 0, 0.0
 
         def predict(self, batch):
-            t = time.perf_counter()
-            out = self.inner.predict(batch)
-            self.seconds += time.perf_counter() - t
-            self.tiles += len(batch)
-            return out
+            with self._lock:
+                if self._running == 0:
+                    self._since = time.perf_counter()
+                self._running += 1
+            try:
+                return self.inner.predict(batch)
+            finally:
+                with self._lock:
+                    self._running -= 1
+                    self.tiles += len(batch)
+                    if self._running == 0:
+                        self.seconds += time.perf_counter() - self._since
 
     counting = Counting(predictor)
     runs = _timed_runs(args, counting, Timings, lambda image, t: segment(image, counting, timings=t),

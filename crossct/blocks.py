@@ -67,7 +67,8 @@ def segment_blocks(image: np.ndarray, predictor: Predictor, spec: ModelSpec | No
             t0 = time.perf_counter()
             x = normalize_image(image[ey0:ey1, ex0:ex1], spec.normalize, bounds=bounds, channels_first=True)
             t1 = time.perf_counter()
-            outputs = sliding_window(x, predictor.predict, tiling, out_channels=len(spec.output_channels))
+            outputs = sliding_window(x, predictor.predict, tiling, out_channels=len(spec.output_channels),
+                                     concurrency=getattr(predictor, "concurrent_calls", 1))
             del x
             t2 = time.perf_counter()
             local = postprocess(outputs, spec.postprocess)

@@ -70,8 +70,8 @@ class TilingConfig:
     blending: Blending = "gaussian"
     sigma_scale: float = 0.125  # Gaussian sigma as a fraction of the tile size
     batch_size: int = 8  # tiles per network call on a GPU
-    # ... and on a CPU, where small batches stay in cache: 14.5 ms per 256 tile at 1-2 tiles per
-    # call against 17.7 ms at 16 (ONNX Runtime, paper U-Net, 2 cores; benchmarks/README.md).
+    # ... and per call on a CPU, where small batches stay in cache (one call per core runs at
+    # once, see crossct.predictors.cpu_calls_and_threads): 1 and 2 tiles per call measure the same.
     cpu_batch_size: int = 2
     # Images larger than block_size + 2 * block_margin on a side are segmented block by block
     # (bounded memory on whole slides); the margin gives each block's cells their full extent.

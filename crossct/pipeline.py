@@ -45,7 +45,8 @@ def predict_outputs(image: np.ndarray, predictor: Predictor, spec: ModelSpec | N
     x = normalize_image(image, spec.normalize, channels_first=True)
     t1 = time.perf_counter()
     tiling = tiling_for(predictor, spec.tiling)
-    outputs = sliding_window(x, predictor.predict, tiling, out_channels=len(spec.output_channels))
+    outputs = sliding_window(x, predictor.predict, tiling, out_channels=len(spec.output_channels),
+                             concurrency=getattr(predictor, "concurrent_calls", 1))
     timings.normalize += t1 - t0
     timings.model += time.perf_counter() - t1
     return outputs

@@ -48,6 +48,7 @@ class Predictor(Protocol):
     spec: ModelSpec
     description: str
     on_gpu: bool  # picks the tile batch size (TilingConfig.batch_size or cpu_batch_size)
+    concurrent_calls: int  # how many predict() calls may usefully run at once, from threads
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(B, 3, t, t) float32 -> (B, 5, t, t) float32."""
@@ -99,6 +100,21 @@ def _cpu_threads() -> int:
         return os.cpu_count() or 1
 
 
+# On a CPU, tiles go through the network side by side, one call per core, rather than one call
+# spread over all cores: the paper U-Net's thin full-resolution layers and its instance norms
+# scale badly across threads (10.1 against 11.2 ms per 256 tile on 2 cores, benchmarks/README.md).
+# Capped so that a many-core machine does not hold dozens of tiles' activations at once; the
+# cores left over are shared out as threads within each call.
+MAX_CPU_CALLS = 8
+
+
+def cpu_calls_and_threads() -> tuple[int, int]:
+    """(concurrent network calls, threads per call) for this process's CPUs."""
+    cores = _cpu_threads()
+    calls = min(cores, MAX_CPU_CALLS)
+    return calls, max(1, cores // calls)
+
+
 class OnnxPredictor:
     """ONNX Runtime predictor.
 
@@ -129,9 +145,10 @@ class OnnxPredictor:
         # Under torchrun each process drives its own GPU.
         cuda_options = {"device_id": int(os.environ.get("LOCAL_RANK", "0"))}
         providers = ([("CUDAExecutionProvider", cuda_options)] if want_cuda else []) + ["CPUExecutionProvider"]
+        calls, threads = cpu_calls_and_threads()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = _cpu_threads()
+        options.intra_op_num_threads = threads  # ONNX Runtime sessions can be run from several threads at once
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         try:
@@ -143,7 +160,10 @@ class OnnxPredictor:
             logger.warning("CUDA execution provider failed to initialise; falling back to %s", used)
         self.description = f"onnxruntime {ort.__version__} {used}"
         self.on_gpu = used == "CUDAExecutionProvider"
-        logger.info("ONNX Runtime using %s (%d CPU threads)", used, options.intra_op_num_threads)
+        # GPU: 2 calls in flight, so the host blends one batch while the device runs the next.
+        self.concurrent_calls = 2 if self.on_gpu else calls
+        logger.info("ONNX Runtime using %s (%d concurrent calls x %d threads)", used, self.concurrent_calls,
+                    options.intra_op_num_threads)
         self._check_io()
 
     def _check_io(self) -> None:
@@ -210,6 +230,8 @@ class TorchPredictor:
         self.module = with_probabilities(network).to(self.device).eval()
         self.description = f"torch {torch.__version__} {self.device}"
         self.on_gpu = self.device.type == "cuda"
+        # PyTorch's CPU kernels already use every core within a call; on a GPU 2 calls overlap.
+        self.concurrent_calls = 2 if self.on_gpu else 1
         logger.info("PyTorch using %s", self.device)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:

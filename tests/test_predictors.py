@@ -44,6 +44,7 @@ def test_onnx_and_torch_agree(tiny_weights):
     onnx = load_predictor(tiny_weights, backend="onnx", device="cpu")
     torch_ = load_predictor(tiny_weights, backend="torch", device="cpu")
     assert isinstance(onnx, OnnxPredictor) and isinstance(torch_, TorchPredictor)
+    assert torch_.concurrent_calls == 1  # PyTorch's CPU kernels thread within a call
     batch = np.random.default_rng(0).random((3, 3, 64, 64), dtype=np.float32)
     a, b = onnx.predict(batch), torch_.predict(batch)
     assert a.shape == b.shape == (3, 5, 64, 64) and a.dtype == b.dtype == np.float32
@@ -218,3 +219,28 @@ def test_export_set_changes_stored_settings_and_refuses_unknown_sections():
         apply_settings(tiny_spec(), ["model.arch=swin_unetr"])
     with pytest.raises(ValueError, match="unknown keys"):
         apply_settings(tiny_spec(), ["tiling.tile=3"])
+
+
+def test_cpu_predictor_runs_calls_side_by_side_with_the_same_result(onnx_predictor):
+    """One network call per core (ONNX Runtime sessions are thread-safe); labels as from serial calls."""
+    from crossct.predictors import cpu_calls_and_threads
+
+    calls, threads = cpu_calls_and_threads()
+    assert onnx_predictor.concurrent_calls == calls >= 1 and threads >= 1
+    assert onnx_predictor.session.get_session_options().intra_op_num_threads == threads
+    image = cells_image(300, 280, seed=5)
+    concurrent = predict_outputs(image[:, :, None], onnx_predictor)
+    onnx_predictor.concurrent_calls = 1
+    try:
+        serial = predict_outputs(image[:, :, None], onnx_predictor)
+    finally:
+        onnx_predictor.concurrent_calls = calls
+    np.testing.assert_array_equal(concurrent, serial)
+
+
+@pytest.mark.parametrize("cores, expected", [(1, (1, 1)), (2, (2, 1)), (8, (8, 1)), (32, (8, 4))])
+def test_cpu_calls_and_threads_share_out_the_cores(monkeypatch, cores, expected):
+    import crossct.predictors as predictors
+
+    monkeypatch.setattr(predictors, "_cpu_threads", lambda: cores)
+    assert predictors.cpu_calls_and_threads() == expected

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -145,3 +148,57 @@ def test_rejects_non_chw():
 def test_tiling_config_checks(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TilingConfig(**kwargs)
+
+
+class OutOfOrder:
+    """A "network" (input + 1) whose calls finish in scrambled order, recording how many overlap."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.lock = threading.Lock()
+        self.running = self.most_running = self.calls = 0
+
+    def __call__(self, batch):
+        with self.lock:
+            self.running += 1
+            self.calls += 1
+            self.most_running = max(self.most_running, self.running)
+            delay = float(self.rng.uniform(0, 0.004))
+        time.sleep(delay)
+        with self.lock:
+            self.running -= 1
+        return batch + 1
+
+
+@pytest.mark.parametrize("concurrency", [2, 3, 8])
+def test_concurrent_calls_give_the_same_bits_as_serial(concurrency):
+    """Blending happens in grid order on the caller's thread: the result does not depend on which call ends first."""
+    image = np.random.default_rng(1).random((3, 300, 410), dtype=np.float32)
+    config = TilingConfig(tile_size=64, overlap=0.25, batch_size=2)
+    serial = sliding_window(image, plus_one, config)
+    net = OutOfOrder(seed=concurrency)
+    concurrent = sliding_window(image, net, config, concurrency=concurrency)
+    np.testing.assert_array_equal(concurrent, serial)
+    assert net.calls == -(-len(tile_grid(300, 410, 64, config.stride)) // 2)
+    assert 2 <= net.most_running <= concurrency  # calls did overlap, never more than asked
+
+
+def test_concurrent_call_error_reaches_the_caller_and_stops_the_rest():
+    calls = []
+
+    def failing(batch):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("network failed on batch 3")
+        time.sleep(0.002)
+        return batch + 1
+
+    image = np.zeros((3, 640, 640), np.float32)  # 13 x 13 tiles of 64 px at stride 48
+    with pytest.raises(RuntimeError, match="batch 3"):
+        sliding_window(image, failing, TilingConfig(tile_size=64, batch_size=1), concurrency=2)
+    assert len(calls) < 10  # queued batches were dropped, not all 169 run
+
+
+def test_concurrency_must_be_positive():
+    with pytest.raises(ValueError, match="concurrency"):
+        sliding_window(np.zeros((1, 8, 8), np.float32), plus_one, TilingConfig(tile_size=32), concurrency=0)
