@@ -1,13 +1,19 @@
-"""Whole-slide images in bounded memory: segment overlapping blocks and stitch their labels.
+"""Whole-slide images in bounded memory: stream the network, post-process overlapping blocks, stitch.
 
-The image is cut into ``block_size`` cores, each processed with ``block_margin`` pixels of context
-on every side (normalised with the whole image's percentiles, tiled, blended and post-processed
-on its own).  A cell is kept by the one block whose core holds its centroid, with its full extent
-(margin included), so a cell across a block border is neither cut nor duplicated as long as it is
-smaller than the margin.  Peak memory is the image, the uint32 label map and one block's outputs.
+The network runs over the whole image's tile grid, one row of tiles at a time, along the
+image's longer axis; a canvas a few blocks' heights tall holds the blended outputs until they
+are post-processed, so every tile runs once (as on a small image) and the outputs are those of
+:func:`crossct.tiling.sliding_window` on the whole image.  Post-processing goes block by block:
+``block_size`` cores with ``block_margin`` pixels of context on every side.  A cell is kept by the
+one block whose core holds its centroid, with its full extent (margin included), so a cell across
+a block border is neither cut nor duplicated as long as it is smaller than the margin.  Peak
+memory: the image, the uint32 label map, the canvas (5 channels x (block + 2 margins + a tile) x
+the shorter side) and one block's post-processing.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -16,7 +22,7 @@ from .normalize import channel_bounds, normalize_image
 from .pipeline import Timings, tiling_for
 from .postprocess import postprocess
 from .predictors import Predictor
-from .tiling import sliding_window
+from .tiling import PredictBatch, TileBlender, pad_to_tile, tile_starts
 
 __all__ = ["needs_blocks", "block_grid", "segment_blocks"]
 
@@ -43,11 +49,60 @@ def _centroids(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return cy, cx
 
 
+def _transposed(predict: PredictBatch) -> PredictBatch:
+    """The network seen from a transposed image: tiles go in, and outputs come out, transposed back."""
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return predict(np.ascontiguousarray(batch.transpose(0, 1, 3, 2))).transpose(0, 1, 3, 2)
+
+    return run
+
+
+class _OutputStream:
+    """Blended network outputs of an (L, S, C) image, produced tile row by tile row along L.
+
+    :meth:`rows` makes rows [a, b) final (every tile touching them has run); requests must not
+    go back (``a`` never decreases), so rows above ``a`` are dropped from the canvas.
+    """
+
+    def __init__(self, image: np.ndarray, bounds, spec: ModelSpec, predict: PredictBatch, tiling,
+                 span: int, concurrency: int, timings: Timings) -> None:
+        self.image, self.bounds, self.spec = image, bounds, spec
+        self.predict, self.concurrency, self.timings = predict, concurrency, timings
+        self.tile = tiling.tile_size
+        length, side = image.shape[:2]
+        self.side = side
+        self.starts = tile_starts(length, self.tile, tiling.stride)
+        self.columns = [(0, x) for x in tile_starts(side, self.tile, tiling.stride)]
+        self.next_row = 0  # index into self.starts of the next tile row to run
+        self.base = 0  # image row of canvas row 0
+        self.blender = TileBlender((span + self.tile, max(side, self.tile)), tiling, len(spec.output_channels))
+
+    def rows(self, a: int, b: int) -> None:
+        if a < self.base:
+            raise ValueError(f"rows {a}..{b} requested after the canvas moved on to row {self.base}")
+        self.blender.shift(a - self.base)
+        self.base = a
+        while self.next_row < len(self.starts) and self.starts[self.next_row] < b:
+            y = self.starts[self.next_row]
+            t0 = time.perf_counter()
+            strip = normalize_image(self.image[y : y + self.tile], self.spec.normalize, bounds=self.bounds,
+                                    channels_first=True)
+            strip = pad_to_tile(strip, self.tile)
+            t1 = time.perf_counter()
+            self.blender.add(strip, self.columns, self.predict, self.concurrency, row_offset=y - self.base)
+            self.timings.normalize += t1 - t0
+            self.timings.model += time.perf_counter() - t1
+            self.next_row += 1
+
+    def outputs(self, a: int, b: int, c: int, d: int) -> np.ndarray:
+        """(K, b - a, d - c) blended outputs of rows [a, b) (made final by :meth:`rows`), columns [c, d)."""
+        return self.blender.result(slice(a - self.base, b - self.base), slice(c, d))
+
+
 def segment_blocks(image: np.ndarray, predictor: Predictor, spec: ModelSpec | None = None,
                    timings: Timings | None = None) -> np.ndarray:
     """Segment a large (H, W, C) image block by block; returns (H, W) uint32 labels 0..N."""
-    import time
-
     spec = spec or predictor.spec
     timings = timings if timings is not None else Timings()
     if image.ndim == 2:
@@ -57,39 +112,32 @@ def segment_blocks(image: np.ndarray, predictor: Predictor, spec: ModelSpec | No
     t0 = time.perf_counter()
     bounds = channel_bounds(image, spec.normalize)
     timings.normalize += time.perf_counter() - t0
-    tiling = tiling_for(predictor, spec.tiling)
     labels = np.zeros((height, width), np.uint32)
+    # Stream along the longer axis, so the canvas spans the shorter one: a 2,600 x 40,000 strip
+    # keeps 2,600-pixel canvas rows, not 40,000.  The views below cost no copy.
+    transposed = width > height
+    view, label_view = (image.transpose(1, 0, 2), labels.T) if transposed else (image, labels)
+    predict = _transposed(predictor.predict) if transposed else predictor.predict
+    length, side = view.shape[:2]
+    stream = _OutputStream(view, bounds, spec, predict, tiling_for(predictor, spec.tiling),
+                           span=block + 2 * margin, concurrency=getattr(predictor, "concurrent_calls", 1),
+                           timings=timings)
     next_id = 1
-    for y0, y1 in block_grid(height, block):
-        for x0, x1 in block_grid(width, block):
-            ey0, ey1 = max(0, y0 - margin), min(height, y1 + margin)
-            ex0, ex1 = max(0, x0 - margin), min(width, x1 + margin)
+    for y0, y1 in block_grid(length, block):
+        ey0, ey1 = max(0, y0 - margin), min(length, y1 + margin)
+        stream.rows(ey0, ey1)
+        for x0, x1 in block_grid(side, block):
+            ex0, ex1 = max(0, x0 - margin), min(side, x1 + margin)
             t0 = time.perf_counter()
-            x = normalize_image(image[ey0:ey1, ex0:ex1], spec.normalize, bounds=bounds, channels_first=True)
-            t1 = time.perf_counter()
-            outputs = sliding_window(x, predictor.predict, tiling, out_channels=len(spec.output_channels),
-                                     concurrency=getattr(predictor, "concurrent_calls", 1))
-            del x
-            t2 = time.perf_counter()
+            outputs = stream.outputs(ey0, ey1, ex0, ex1)
+            if transposed:  # post-process in the image's own orientation
+                outputs = np.ascontiguousarray(outputs.transpose(0, 2, 1))
             local = postprocess(outputs, spec.postprocess)
             del outputs
-            n = int(local.max())
-            if n:
-                cy, cx = _centroids(local, n)
-                cy, cx = cy + ey0, cx + ex0
-                keep = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
-                keep[0] = False
-                new_ids = np.zeros(n + 1, np.uint32)
-                kept = np.flatnonzero(keep)
-                new_ids[kept] = np.arange(next_id, next_id + kept.size, dtype=np.uint32)
-                next_id += kept.size
-                region = labels[ey0:ey1, ex0:ex1]
-                mapped = new_ids[local]
-                # Pixels another block already gave a cell stay with it (first come, first kept).
-                np.copyto(region, mapped, where=(mapped > 0) & (region == 0))
-            timings.normalize += t1 - t0
-            timings.model += t2 - t1
-            timings.postprocess += time.perf_counter() - t2
+            if transposed:
+                local = local.T
+            next_id = _keep_core_cells(local, label_view, (y0, y1, x0, x1), (ey0, ex0), next_id)
+            timings.postprocess += time.perf_counter() - t0
     # Relabel 1..N in case a kept cell lost all its pixels to an earlier one.
     present = np.zeros(next_id, bool)
     present[labels.ravel()] = True  # no sort: np.unique on 10^8 pixels takes seconds
@@ -99,3 +147,26 @@ def segment_blocks(image: np.ndarray, predictor: Predictor, spec: ModelSpec | No
         lut[present] = np.arange(1, int(present.sum()) + 1, dtype=np.uint32)
         labels = lut[labels]
     return labels
+
+
+def _keep_core_cells(local: np.ndarray, labels: np.ndarray, core: tuple[int, int, int, int],
+                     origin: tuple[int, int], next_id: int) -> int:
+    """Copy into ``labels`` the cells of ``local`` (a block with margins at ``origin``) whose
+    centroid lies in the block's ``core`` (y0, y1, x0, x1), numbered from ``next_id``; returns the next free id."""
+    n = int(local.max())
+    if not n:
+        return next_id
+    y0, y1, x0, x1 = core
+    ey0, ex0 = origin
+    cy, cx = _centroids(local, n)
+    cy, cx = cy + ey0, cx + ex0
+    keep = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
+    keep[0] = False
+    new_ids = np.zeros(n + 1, np.uint32)
+    kept = np.flatnonzero(keep)
+    new_ids[kept] = np.arange(next_id, next_id + kept.size, dtype=np.uint32)
+    region = labels[ey0 : ey0 + local.shape[0], ex0 : ex0 + local.shape[1]]
+    mapped = new_ids[local]
+    # Pixels another block already gave a cell stay with it (first come, first kept).
+    np.copyto(region, mapped, where=(mapped > 0) & (region == 0))
+    return next_id + kept.size

@@ -16,7 +16,7 @@ import numpy as np
 
 from .config import TilingConfig
 
-__all__ = ["tile_starts", "tile_grid", "blending_window", "sliding_window", "PredictBatch"]
+__all__ = ["tile_starts", "tile_grid", "blending_window", "sliding_window", "pad_to_tile", "TileBlender", "PredictBatch"]
 
 # (B, C, t, t) float32 -> (B, K, t, t) float32
 PredictBatch = Callable[[np.ndarray], np.ndarray]
@@ -91,42 +91,89 @@ def sliding_window(
     """
     if image.ndim != 3:
         raise ValueError(f"image must be (C, H, W), got shape {image.shape}")
-    if concurrency < 1:
-        raise ValueError(f"concurrency={concurrency} must be >= 1")
     _, height, width = image.shape
     tile = config.tile_size
-    ph, pw = max(height, tile), max(width, tile)
-    if (ph, pw) != (height, width):
-        padded = np.zeros((image.shape[0], ph, pw), dtype=np.float32)
-        padded[:, :height, :width] = image
-        image = padded
-    window = blending_window(tile, config.blending, config.sigma_scale)
-    batches = list(_batches(tile_grid(ph, pw, tile, config.stride), config.batch_size))
+    image = pad_to_tile(image, tile)
+    blender = TileBlender(image.shape[1:], config, out_channels)
+    blender.add(image, tile_grid(image.shape[1], image.shape[2], tile, config.stride), predict_batch, concurrency)
+    return blender.result()[:, :height, :width]
 
-    def run(batch: list[tuple[int, int]]) -> np.ndarray:
-        tiles = np.stack([image[:, y : y + tile, x : x + tile] for y, x in batch]).astype(np.float32, copy=False)
-        outputs = np.asarray(predict_batch(tiles))
-        if outputs.shape[0] != len(batch) or outputs.shape[2:] != (tile, tile):
-            raise ValueError(
-                f"predictor returned shape {outputs.shape} for a batch of shape {tiles.shape}; "
-                f"expected ({len(batch)}, K, {tile}, {tile})"
-            )
-        return outputs
 
-    accum: np.ndarray | None = None
-    weight = np.zeros((ph, pw), np.float32)
-    for batch, outputs in zip(batches, _in_order(run, batches, concurrency)):
-        if accum is None:
-            accum = np.zeros((out_channels or outputs.shape[1], ph, pw), np.float32)
-        if not outputs.flags.writeable:
-            outputs = outputs.copy()
-        outputs *= window  # in place: no temporary per tile
-        for (y, x), out in zip(batch, outputs):
-            accum[:, y : y + tile, x : x + tile] += out
-            weight[y : y + tile, x : x + tile] += window
-    assert accum is not None  # the grid always has at least one tile
-    accum /= weight
-    return accum[:, :height, :width]
+def pad_to_tile(image: np.ndarray, tile: int) -> np.ndarray:
+    """(C, H, W) zero-padded at the bottom and right to at least (tile, tile); as is when large enough."""
+    _, height, width = image.shape
+    if height >= tile and width >= tile:
+        return image
+    padded = np.zeros((image.shape[0], max(height, tile), max(width, tile)), dtype=np.float32)
+    padded[:, :height, :width] = image
+    return padded
+
+
+class TileBlender:
+    """Weighted sums of tile outputs over a (rows, cols) canvas; :meth:`result` divides them out.
+
+    :func:`sliding_window` uses one canvas for the whole image; :mod:`crossct.blocks` streams a
+    whole slide through a canvas of a few tile rows, :meth:`shift`-ing finished rows out.  Each
+    pixel's sum is accumulated in tile order either way, so both give the same bits.
+    """
+
+    def __init__(self, shape: tuple[int, int], config: TilingConfig, out_channels: int | None = None) -> None:
+        self.config = config
+        self.tile = config.tile_size
+        self.window = blending_window(self.tile, config.blending, config.sigma_scale)
+        self.out_channels = out_channels
+        self.accum: np.ndarray | None = None if out_channels is None else np.zeros((out_channels, *shape), np.float32)
+        self.weight = np.zeros(shape, np.float32)
+
+    def add(self, image: np.ndarray, tiles: list[tuple[int, int]], predict_batch: PredictBatch,
+            concurrency: int = 1, row_offset: int = 0) -> None:
+        """Run the network on ``image[:, y:y+t, x:x+t]`` for each (y, x) of ``tiles`` and blend the
+        outputs in at canvas row ``y + row_offset``, column ``x``."""
+        if concurrency < 1:
+            raise ValueError(f"concurrency={concurrency} must be >= 1")
+        tile, window = self.tile, self.window
+
+        def run(batch: list[tuple[int, int]]) -> np.ndarray:
+            tiles_ = np.stack([image[:, y : y + tile, x : x + tile] for y, x in batch]).astype(np.float32, copy=False)
+            outputs = np.asarray(predict_batch(tiles_))
+            if outputs.shape[0] != len(batch) or outputs.shape[2:] != (tile, tile):
+                raise ValueError(
+                    f"predictor returned shape {outputs.shape} for a batch of shape {tiles_.shape}; "
+                    f"expected ({len(batch)}, K, {tile}, {tile})"
+                )
+            return outputs
+
+        batches = list(_batches(tiles, self.config.batch_size))
+        for batch, outputs in zip(batches, _in_order(run, batches, concurrency)):
+            if self.accum is None:
+                self.accum = np.zeros((outputs.shape[1], *self.weight.shape), np.float32)
+            if not outputs.flags.writeable:
+                outputs = outputs.copy()
+            outputs *= window  # in place: no temporary per tile
+            for (y, x), out in zip(batch, outputs):
+                y += row_offset
+                self.accum[:, y : y + tile, x : x + tile] += out
+                self.weight[y : y + tile, x : x + tile] += window
+
+    def result(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """(K, rows, cols) float32: the blended outputs (a new array) of a finished part of the canvas."""
+        assert self.accum is not None, "no tile has been added"
+        if rows == slice(None) and cols == slice(None):
+            self.accum /= self.weight  # the whole canvas is done with: divide in place
+            return self.accum
+        return self.accum[:, rows, cols] / self.weight[rows, cols]
+
+    def shift(self, rows: int) -> None:
+        """Drop the first ``rows`` canvas rows: the rest move up, fresh zero rows come in at the bottom."""
+        if rows <= 0:
+            return
+        assert self.accum is not None
+        for array in (self.accum, self.weight):
+            view = array.reshape(-1, *array.shape[-2:]) if array.ndim == 3 else array[None]
+            keep = view.shape[1] - rows
+            if keep > 0:
+                view[:, :keep] = view[:, rows:]
+            view[:, max(keep, 0):] = 0
 
 
 def _in_order(fn: Callable[[list], np.ndarray], items: list, concurrency: int) -> Iterator[np.ndarray]:

@@ -238,9 +238,12 @@ def test_out_of_memory_reported_and_batch_goes_on(tmp_path, onnx_predictor, monk
 
 
 def test_large_image_goes_through_bounded_blocks(tmp_path, tiny_weights, monkeypatch, capsys):
-    """An image larger than block_size + 2 * block_margin is segmented block by block: no network
-    input, normalised copy or output map is ever larger than one block with its margins."""
+    """An image larger than block_size + 2 * block_margin is segmented block by block: the network
+    input is normalised one row of tiles at a time, the blended outputs live on a canvas of
+    (block + 2 margins + a tile) rows across the shorter side, and no post-processed piece is larger
+    than one block with its margins."""
     import crossct.blocks as blocks
+    import crossct.tiling as tiling
 
     weights = tmp_path / "weights"
     shutil.copytree(tiny_weights, weights)
@@ -248,6 +251,7 @@ def test_large_image_goes_through_bounded_blocks(tmp_path, tiny_weights, monkeyp
     spec["tiling"].update(block_size=128, block_margin=32)  # model.json is not checksummed, the model is
     (weights / "model.json").write_text(json.dumps(spec))
     limit = 128 + 2 * 32
+    tile = spec["tiling"]["tile_size"]
 
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
@@ -255,26 +259,37 @@ def test_large_image_goes_through_bounded_blocks(tmp_path, tiny_weights, monkeyp
     write_image(inp / "slide.tif", image)
     write_png(inp / "small.png", synthetic_cells(limit, limit, seed=8)[0])  # exactly the limit: one piece
 
-    calls, shapes = [], []
-    real_blocks, real_window = blocks.segment_blocks, blocks.sliding_window
+    calls, strips, canvases, pieces = [], [], [], []
+    real_blocks, real_normalize, real_post = blocks.segment_blocks, blocks.normalize_image, blocks.postprocess
+    real_blender = tiling.TileBlender.__init__
 
     def spy_blocks(img, *args, **kwargs):
         calls.append(img.shape)
         return real_blocks(img, *args, **kwargs)
 
-    def spy_window(x, *args, **kwargs):
-        result = real_window(x, *args, **kwargs)
-        shapes.append((x.shape, result.shape))
-        return result
+    def spy_normalize(x, *args, **kwargs):
+        strips.append(x.shape)
+        return real_normalize(x, *args, **kwargs)
+
+    def spy_post(outputs, *args, **kwargs):
+        pieces.append(outputs.shape)
+        return real_post(outputs, *args, **kwargs)
+
+    def spy_blender(self, shape, *args, **kwargs):
+        canvases.append(shape)
+        real_blender(self, shape, *args, **kwargs)
 
     monkeypatch.setattr(blocks, "segment_blocks", spy_blocks)
-    monkeypatch.setattr(blocks, "sliding_window", spy_window)
+    monkeypatch.setattr(blocks, "normalize_image", spy_normalize)
+    monkeypatch.setattr(blocks, "postprocess", spy_post)
+    monkeypatch.setattr(tiling.TileBlender, "__init__", spy_blender)
     code = cli.main(["-i", str(inp), "-o", str(out), "-w", str(weights), "-q"])
     assert code == 0, capsys.readouterr().err
     assert calls == [(500, 420, 1)]  # the slide only; the image at the limit goes in one piece
-    assert len(shapes) == len(blocks.block_grid(500, 128)) * len(blocks.block_grid(420, 128)) == 16
-    for x_shape, out_shape in shapes:
-        assert max(x_shape[1:]) <= limit and max(out_shape[1:]) <= limit, (x_shape, out_shape)
+    assert strips and all(s[0] <= tile and s[1] == 420 for s in strips)  # rows of tiles down the longer axis
+    assert canvases[0] == (limit + tile, 420)  # the slide's canvas; then the small image's own
+    assert len(pieces) == len(blocks.block_grid(500, 128)) * len(blocks.block_grid(420, 128)) == 16
+    assert all(max(p[1:]) <= limit for p in pieces), pieces
     labels = read_whole(out / "slide_label.tiff")
     assert labels.shape == (500, 420) and labels.max() > 0
     np.testing.assert_array_equal(np.unique(labels), np.arange(int(labels.max()) + 1))  # 1..N, no gaps
