@@ -16,7 +16,8 @@ from typing import Callable, Iterable
 
 from .config import ModelSpec
 from .io import ImageReadError, list_images, output_name, read_image, write_labels
-from .pipeline import Timings, segment
+from .pipeline import Timings, predict_outputs
+from .postprocess import postprocess
 from .predictors import Predictor
 
 __all__ = ["WorkItem", "Summary", "find_work", "remove_stale_temporaries", "run_batch", "shard_from_env"]
@@ -119,36 +120,94 @@ def run_batch(
     overlay_dir: Path | None = None,
     progress: Callable[[list], Iterable] = lambda items: items,
 ) -> Summary:
-    """Segment every item, recording failures instead of raising."""
+    """Segment every item, recording failures (in the order of the work list) instead of raising.
+
+    Two stages overlap: while one image's outputs are post-processed and written on a second
+    thread, the next image is read and goes through the network.  Post-processing runs on one
+    core and the network on all, so the batch is faster than one image after another (see
+    benchmarks/README.md); at most two images are in flight.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     work = list(work)
     summary = Summary()
     remove_stale_temporaries(item.output for item in work)
-    for item in progress(work):
-        t0 = time.perf_counter()
-        try:
-            image = read_image(item.image)
-            labels = segment(image, predictor, spec, summary.timings)
-            write_labels(item.output, labels)
-            if overlay_dir is not None:
-                from .overlay import write_overlay
+    pending: tuple[WorkItem, Future, float] | None = None
 
-                write_overlay(overlay_dir / (item.output.name.removesuffix(".tiff") + ".png"), image, labels)
-        except ImageReadError as exc:
-            summary.failed.append((str(item.image), str(exc).removeprefix(f"{item.image}: ")))
-            continue
-        except OSError as exc:
-            summary.failed.append((str(item.image), f"cannot write {item.output}: {exc.strerror or exc}"))
-            continue
-        except MemoryError:
-            summary.failed.append((str(item.image), "out of memory while segmenting"))
-            continue
-        except Exception as exc:  # noqa: BLE001 - one bad image must not stop the batch; reported below
-            logger.debug("traceback for %s", item.image, exc_info=True)
-            summary.failed.append((str(item.image), f"{type(exc).__name__}: {exc}"))
-            continue
-        n = int(labels.max())
+    def collect() -> None:
+        nonlocal pending
+        if pending is None:
+            return
+        item, future, t0 = pending
+        pending = None
+        failure = _failure(item, future.exception())
+        if failure:
+            summary.failed.append(failure)
+            return
+        n, shape = future.result()
         summary.done += 1
         summary.cells += n
-        logger.info("%s: %d cells, %dx%d, %.2f s", item.image.name, n, labels.shape[0], labels.shape[1],
-                    time.perf_counter() - t0)
+        logger.info("%s: %d cells, %dx%d, %.2f s", item.image.name, n, shape[0], shape[1], time.perf_counter() - t0)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crossct-finish") as finisher:
+        for item in progress(work):
+            t0 = time.perf_counter()
+            try:
+                image = read_image(item.image)
+                stage = _network_stage(image, predictor, spec, summary.timings)
+            except Exception as exc:  # noqa: BLE001 - reported by _failure; the batch goes on
+                collect()  # keep failures in the order of the work list
+                summary.failed.append(_failure(item, exc))
+                continue
+            collect()
+            pending = (item, finisher.submit(_finish_stage, item, image, stage, predictor, spec, summary.timings,
+                                             overlay_dir), t0)
+        collect()
     return summary
+
+
+def _network_stage(image, predictor: Predictor, spec: ModelSpec | None, timings: Timings):
+    """Normalise + network for an ordinary image (its outputs, post-processed later), or the whole
+    segmentation for one that goes block by block (its labels)."""
+    from .blocks import needs_blocks, segment_blocks
+
+    spec = spec or predictor.spec
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if needs_blocks(image.shape, spec):
+        return ("labels", segment_blocks(image, predictor, spec, timings))
+    return ("outputs", predict_outputs(image, predictor, spec, timings))
+
+
+def _finish_stage(item: WorkItem, image, stage, predictor: Predictor, spec: ModelSpec | None, timings: Timings,
+                  overlay_dir: Path | None) -> tuple[int, tuple[int, ...]]:
+    """Post-process (when still needed), write the labels and the overlay; returns (cells, shape)."""
+    kind, data = stage
+    if kind == "outputs":
+        t0 = time.perf_counter()
+        labels = postprocess(data, (spec or predictor.spec).postprocess)
+        timings.postprocess += time.perf_counter() - t0
+    else:
+        labels = data
+    write_labels(item.output, labels)
+    if overlay_dir is not None:
+        from .overlay import write_overlay
+
+        write_overlay(overlay_dir / (item.output.name.removesuffix(".tiff") + ".png"), image, labels)
+    return int(labels.max()), labels.shape
+
+
+def _failure(item: WorkItem, exc: BaseException | None) -> tuple[str, str] | None:
+    """(file, reason) for an image that failed with ``exc``; None when it did not."""
+    if exc is None:
+        return None
+    if isinstance(exc, ImageReadError):
+        return (str(item.image), str(exc).removeprefix(f"{item.image}: "))
+    if isinstance(exc, OSError):
+        return (str(item.image), f"cannot write {item.output}: {exc.strerror or exc}")
+    if isinstance(exc, MemoryError):
+        return (str(item.image), "out of memory while segmenting")
+    if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: not an image's fault
+        raise exc
+    logger.debug("traceback for %s", item.image, exc_info=exc)
+    return (str(item.image), f"{type(exc).__name__}: {exc}")

@@ -22,6 +22,7 @@ from conftest import REPO, run_predict, write_image, write_png
 
 from crossct import cli
 from crossct.batch import find_work, remove_stale_temporaries, run_batch
+from crossct.io import read_image
 from crossct.synthetic import synthetic_cells
 
 SIZE = 224  # 30 images of this size take a few seconds: long enough to be killed halfway
@@ -213,14 +214,14 @@ def test_out_of_memory_reported_and_batch_goes_on(tmp_path, onnx_predictor, monk
     inp, out = tmp_path / "in", tmp_path / "out"
     make_folder(inp, 3, size=64)
     out.mkdir()
-    real_segment, real_decode = batch.segment, cv2.imdecode
+    real_outputs, real_decode = batch.predict_outputs, cv2.imdecode
     calls, decodes = [], []
 
-    def segment(image, *args, **kwargs):  # the first image runs out of memory in the network
+    def predict_outputs(image, *args, **kwargs):  # the first image runs out of memory in the network
         calls.append(image.shape)
         if len(calls) == 1:
             raise MemoryError
-        return real_segment(image, *args, **kwargs)
+        return real_outputs(image, *args, **kwargs)
 
     def imdecode(data, flags):  # the third one already while decoding
         decodes.append(len(data))
@@ -228,7 +229,7 @@ def test_out_of_memory_reported_and_batch_goes_on(tmp_path, onnx_predictor, monk
             raise MemoryError
         return real_decode(data, flags)
 
-    monkeypatch.setattr(batch, "segment", segment)
+    monkeypatch.setattr(batch, "predict_outputs", predict_outputs)
     monkeypatch.setattr(cv2, "imdecode", imdecode)
     work, _, _ = find_work(inp, out)
     summary = run_batch(work, onnx_predictor)
@@ -294,3 +295,57 @@ def test_large_image_goes_through_bounded_blocks(tmp_path, tiny_weights, monkeyp
     assert labels.shape == (500, 420) and labels.max() > 0
     np.testing.assert_array_equal(np.unique(labels), np.arange(int(labels.max()) + 1))  # 1..N, no gaps
     assert read_whole(out / "small_label.tiff").shape == (limit, limit)
+
+
+def test_batch_post_processes_one_image_while_the_next_goes_through_the_network(tmp_path, onnx_predictor,
+                                                                                  monkeypatch):
+    """The two stages overlap (post-processing + write on a second thread), results and failure
+    order are as from one image after another, and no more than two images are in flight."""
+    import threading
+    import time
+
+    import crossct.batch as batch
+    from crossct.pipeline import segment
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    names = make_folder(inp, 4, size=96)
+    (inp / "img_02.png").write_bytes(b"not a png")  # a failure in the middle keeps its place
+    out.mkdir()
+    events, lock = [], threading.Lock()
+    real_outputs, real_post = batch.predict_outputs, batch.postprocess
+
+    def log(what):
+        with lock:
+            events.append(what)
+
+    def predict_outputs(image, *args, **kwargs):
+        log("net start")
+        result = real_outputs(image, *args, **kwargs)
+        log("net end")
+        return result
+
+    def postprocess(outputs, *args, **kwargs):
+        log("post start")
+        time.sleep(0.3)  # long enough that the next image's network starts meanwhile
+        result = real_post(outputs, *args, **kwargs)
+        log("post end")
+        return result
+
+    monkeypatch.setattr(batch, "predict_outputs", predict_outputs)
+    monkeypatch.setattr(batch, "postprocess", postprocess)
+    work, errors, _ = find_work(inp, out)
+    summary = batch.run_batch(work, onnx_predictor)
+    assert summary.done == 3 and [Path(f).name for f, _ in summary.failed] == ["img_02.png"]
+    # image 0's post-processing was still running when image 1's network started
+    assert events.index("net start", 1) < events.index("post end")
+    in_flight = most = 0
+    for e in events:  # images between their network start and their post-processing end
+        in_flight += {"net start": 1, "post end": -1}.get(e, 0)
+        most = max(most, in_flight)
+    assert most == 2
+    for name in names:
+        if name == "img_02_label.tiff":
+            assert not (out / name).exists()
+            continue
+        image = read_image(inp / name.replace("_label.tiff", ".png"))
+        np.testing.assert_array_equal(read_whole(out / name), segment(image, onnx_predictor))
