@@ -23,12 +23,12 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
 
-from benchmarks.bench_speed import default_weights, load_line, machine_line, run_child, synthetic_image_file
+from benchmarks.bench_speed import (default_weights, load_line, machine_line, run_child, synthetic_image_file,
+                                    work_folder)
 
 MODES = {"ours": "ours (predict.py's batch loop)", "serial": "ours, one after another", "baseline": "baseline"}
 
@@ -91,12 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(_worker(args)))
         return 0
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="crossct-bench-batch-"))
-    try:
+    with work_folder(args.work_dir, "crossct-bench-batch-") as work:
         return _run(args, work)
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def _run(args: argparse.Namespace, work: Path) -> int:

@@ -24,7 +24,6 @@ import argparse
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -35,6 +34,7 @@ from benchmarks.bench_speed import (
     machine_line,
     run_child,
     synthetic_image_file,
+    work_folder,
 )
 
 # What each command imports before it can segment (for the breakdown rows).
@@ -74,9 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder, removed after")
     args = p.parse_args(argv)
 
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="crossct-cold-start-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.work_dir, "crossct-cold-start-") as work:
         weights, random_weights = default_weights(args.weights, work)
         image = synthetic_image_file(args.megapixels, work)
         image_dir = work / "input"
@@ -116,9 +114,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"| {name} imports only | {len(rs)} | {statistics.median(secs):.2f} | {min(secs):.2f} | "
                       f"{max(secs):.2f} | {statistics.median(r.max_rss_mb for r in rs):.0f} |")
         print(f"\n{load_line()}")
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -22,11 +22,10 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from benchmarks.bench_speed import default_weights, load_line, machine_line, rss_mb, run_child
+from benchmarks.bench_speed import default_weights, load_line, machine_line, rss_mb, run_child, work_folder
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -74,9 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.n < 10:
         p.error("--n must be at least 10")
 
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="crossct-memory-flat-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.work_dir, "crossct-memory-flat-") as work:
         weights, random_weights = default_weights(args.weights, work)
         images = work / f"images_{args.n}"
         write_images(images, args.n, args.shapes)
@@ -128,9 +125,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("| RSS MB | " + " | ".join(f"{r:.0f}" for r in seen) + " |")
         print(f"\nslope over the second half: {late_kib:+.1f} KiB / image ({late_kib * 1000 / 1024:+.1f} MB per 1,000 images)")
         print(f"\n{len(run.samples)} samples every {args.interval} s; {load_line()}")
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

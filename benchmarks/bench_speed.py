@@ -33,6 +33,7 @@ start and end is printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -46,7 +47,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = ("ours", "baseline")
@@ -125,6 +126,18 @@ def run_child(argv: Sequence[str], *, timeout: float | None = None, sample_every
             stderr += f"\n[killed after {timeout} s]"
         return ChildRun(proc.returncode, seconds, usage.ru_maxrss / 1024, out.read().decode(errors="replace"),
                         stderr, samples)
+
+
+@contextlib.contextmanager
+def work_folder(path: Path | None, prefix: str) -> Iterator[Path]:
+    """``path`` (created if missing, kept), or a temporary folder removed afterwards."""
+    work = path or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if path is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def this_module(*args: str) -> list[str]:
@@ -501,13 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(WORKERS[args.worker](args)), flush=True)
         return 0
 
-    work = args.work_dir or Path(tempfile.mkdtemp(prefix="crossct-bench-speed-"))
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with work_folder(args.work_dir, "crossct-bench-speed-") as work:
         return _run(args, work)
-    finally:
-        if args.work_dir is None:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def _run(args: argparse.Namespace, work: Path) -> int:

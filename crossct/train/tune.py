@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 __all__ = ["tune_postprocess", "score_outputs", "main", "SEARCH_SPACE"]
 
