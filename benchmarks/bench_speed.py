@@ -189,15 +189,20 @@ def cpu_threads() -> int:
 
 
 def machine_line() -> str:
-    model = "unknown CPU"
+    """CPU model, the vector instructions that decide convolution speed, and the CPUs available."""
+    model, flags = "unknown CPU", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and model == "unknown CPU":
                 model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
-    return f"{model}, {cpu_threads()} CPU(s) available"
+    isa = [name for flag, name in [("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "VNNI"),
+                                   ("avx512_bf16", "BF16"), ("amx_tile", "AMX")] if flag in flags]
+    return f"{model} ({' '.join(isa) or 'no AVX2'}), {cpu_threads()} CPU(s) available"
 
 
 def load_line() -> str:
