@@ -21,10 +21,15 @@ from .config import ModelSpec
 from .normalize import channel_bounds, normalize_image
 from .pipeline import Timings, tiling_for
 from .postprocess import postprocess
-from .predictors import Predictor
+from .parallel import ordered_map
+from .predictors import Predictor, available_cpus
 from .tiling import PredictBatch, TileBlender, pad_to_tile, tile_starts
 
 __all__ = ["needs_blocks", "block_grid", "segment_blocks"]
+
+# Blocks post-processed at once: each holds its outputs and the watershed's working arrays
+# (about 0.3 GB for a 2560 x 2560 block with margins), so a many-core machine is capped.
+MAX_POST_WORKERS = 4
 
 
 def needs_blocks(shape: tuple[int, ...], spec: ModelSpec) -> bool:
@@ -122,22 +127,26 @@ def segment_blocks(image: np.ndarray, predictor: Predictor, spec: ModelSpec | No
     stream = _OutputStream(view, bounds, spec, predict, tiling_for(predictor, spec.tiling),
                            span=block + 2 * margin, concurrency=getattr(predictor, "concurrent_calls", 1),
                            timings=timings)
+    workers = min(available_cpus(), MAX_POST_WORKERS)
     next_id = 1
     for y0, y1 in block_grid(length, block):
         ey0, ey1 = max(0, y0 - margin), min(length, y1 + margin)
         stream.rows(ey0, ey1)
-        for x0, x1 in block_grid(side, block):
-            ex0, ex1 = max(0, x0 - margin), min(side, x1 + margin)
-            t0 = time.perf_counter()
-            outputs = stream.outputs(ey0, ey1, ex0, ex1)
+        cores = [(x0, x1, max(0, x0 - margin), min(side, x1 + margin)) for x0, x1 in block_grid(side, block)]
+
+        def post(core: tuple[int, int, int, int]) -> np.ndarray:
+            outputs = stream.outputs(ey0, ey1, core[2], core[3])
             if transposed:  # post-process in the image's own orientation
                 outputs = np.ascontiguousarray(outputs.transpose(0, 2, 1))
             local = postprocess(outputs, spec.postprocess)
-            del outputs
-            if transposed:
-                local = local.T
+            return local.T if transposed else local
+
+        t0 = time.perf_counter()
+        # The blocks of a band are post-processed side by side (OpenCV, NumPy and scikit-image's
+        # watershed release the GIL) and stitched in order, so the labels do not depend on it.
+        for (x0, x1, ex0, _), local in zip(cores, ordered_map(post, cores, workers)):
             next_id = _keep_core_cells(local, label_view, (y0, y1, x0, x1), (ey0, ex0), next_id)
-            timings.postprocess += time.perf_counter() - t0
+        timings.postprocess += time.perf_counter() - t0
     # Relabel 1..N in case a kept cell lost all its pixels to an earlier one.
     present = np.zeros(next_id, bool)
     present[labels.ravel()] = True  # no sort: np.unique on 10^8 pixels takes seconds

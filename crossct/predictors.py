@@ -27,6 +27,8 @@ __all__ = [
     "TorchPredictor",
     "WeightsError",
     "load_predictor",
+    "available_cpus",
+    "cpu_calls_and_threads",
     "resolve_weights",
     "sha256_file",
     "SPEC_NAME",
@@ -93,7 +95,7 @@ def _cuda_devices_visible() -> bool:
     return libcuda.cuInit(0) == 0 and libcuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
 
 
-def _cpu_threads() -> int:
+def available_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -110,7 +112,7 @@ MAX_CPU_CALLS = 8
 
 def cpu_calls_and_threads() -> tuple[int, int]:
     """(concurrent network calls, threads per call) for this process's CPUs."""
-    cores = _cpu_threads()
+    cores = available_cpus()
     calls = min(cores, MAX_CPU_CALLS)
     return calls, max(1, cores // calls)
 

@@ -7,14 +7,13 @@ stitched exactly, whatever the image size.
 
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Callable, Iterator
 
 import numpy as np
 
 from .config import TilingConfig
+from .parallel import ordered_map
 
 __all__ = ["tile_starts", "tile_grid", "blending_window", "sliding_window", "pad_to_tile", "TileBlender", "PredictBatch"]
 
@@ -144,7 +143,7 @@ class TileBlender:
             return outputs
 
         batches = list(_batches(tiles, self.config.batch_size))
-        for batch, outputs in zip(batches, _in_order(run, batches, concurrency)):
+        for batch, outputs in zip(batches, ordered_map(run, batches, concurrency)):
             if self.accum is None:
                 self.accum = np.zeros((outputs.shape[1], *self.weight.shape), np.float32)
             if not outputs.flags.writeable:
@@ -174,29 +173,3 @@ class TileBlender:
             if keep > 0:
                 view[:, :keep] = view[:, rows:]
             view[:, max(keep, 0):] = 0
-
-
-def _in_order(fn: Callable[[list], np.ndarray], items: list, concurrency: int) -> Iterator[np.ndarray]:
-    """``map(fn, items)``, with up to ``concurrency`` calls running in worker threads.
-
-    At most ``concurrency + 1`` results wait to be consumed, so memory stays bounded however many
-    tiles the image has.  On a CPU each call runs the network on one core (ONNX Runtime releases
-    the GIL), which beats one call spread over all cores: 10.1 against 11.2 ms per tile on 2 cores
-    (benchmarks/README.md).  On a GPU, 2 calls let the host blend one batch while the device runs
-    the next.
-    """
-    if concurrency == 1 or len(items) == 1:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crossct-tiles") as pool:
-        pending: deque = deque()
-        try:
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                if len(pending) > concurrency:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:  # an error or an abandoned generator: drop what has not started
-            for future in pending:
-                future.cancel()

@@ -169,3 +169,15 @@ def test_canvas_requests_cannot_go_back():
     stream.rows(152, 448)
     with pytest.raises(ValueError, match="moved on"):
         stream.rows(100, 300)
+
+
+def test_blocks_post_processed_side_by_side_give_the_same_labels(monkeypatch):
+    import crossct.blocks as blocks
+
+    image, _ = synthetic_cells(700, 900, n_cells=300, radius=(6, 14), seed=3)
+    spec = _spec(200, 48)
+    monkeypatch.setattr(blocks, "available_cpus", lambda: 4)
+    side_by_side = segment_blocks(image, ContextNet(spec))
+    monkeypatch.setattr(blocks, "MAX_POST_WORKERS", 1)
+    one_by_one = segment_blocks(image, ContextNet(spec))
+    np.testing.assert_array_equal(side_by_side, one_by_one)

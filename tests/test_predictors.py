@@ -242,5 +242,5 @@ def test_cpu_predictor_runs_calls_side_by_side_with_the_same_result(onnx_predict
 def test_cpu_calls_and_threads_share_out_the_cores(monkeypatch, cores, expected):
     import crossct.predictors as predictors
 
-    monkeypatch.setattr(predictors, "_cpu_threads", lambda: cores)
+    monkeypatch.setattr(predictors, "available_cpus", lambda: cores)
     assert predictors.cpu_calls_and_threads() == expected

@@ -1,0 +1,37 @@
+"""Run a function over items on worker threads, results in the items' order."""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Iterator, Sequence, TypeVar
+
+__all__ = ["ordered_map"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered_map(fn: Callable[[T], R], items: Sequence[T], concurrency: int) -> Iterator[R]:
+    """``map(fn, items)``, with up to ``concurrency`` calls running in worker threads.
+
+    At most ``concurrency + 1`` results wait to be consumed, so memory stays bounded however many
+    items there are.  Worth it where ``fn`` releases the GIL (ONNX Runtime, OpenCV, NumPy and
+    scikit-image's watershed do).  An error in a call is raised here, in order; calls not yet
+    started are then dropped.
+    """
+    if concurrency == 1 or len(items) == 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crossct-worker") as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) > concurrency:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:  # an error or an abandoned generator: drop what has not started
+            for future in pending:
+                future.cancel()
