@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from .config import ModelSpec
+from .config import ModelSpec, TilingConfig
 from .normalize import channel_bounds, normalize_image
 from .pipeline import Timings, tiling_for
 from .postprocess import postprocess
@@ -70,13 +70,12 @@ class _OutputStream:
     go back (``a`` never decreases), so rows above ``a`` are dropped from the canvas.
     """
 
-    def __init__(self, image: np.ndarray, bounds, spec: ModelSpec, predict: PredictBatch, tiling,
-                 span: int, concurrency: int, timings: Timings) -> None:
+    def __init__(self, image: np.ndarray, bounds: list[tuple[float, float] | None], spec: ModelSpec,
+                 predict: PredictBatch, tiling: TilingConfig, span: int, concurrency: int, timings: Timings) -> None:
         self.image, self.bounds, self.spec = image, bounds, spec
         self.predict, self.concurrency, self.timings = predict, concurrency, timings
         self.tile = tiling.tile_size
         length, side = image.shape[:2]
-        self.side = side
         self.starts = tile_starts(length, self.tile, tiling.stride)
         self.columns = [(0, x) for x in tile_starts(side, self.tile, tiling.stride)]
         self.next_row = 0  # index into self.starts of the next tile row to run

@@ -120,7 +120,6 @@ class TileBlender:
         self.config = config
         self.tile = config.tile_size
         self.window = blending_window(self.tile, config.blending, config.sigma_scale)
-        self.out_channels = out_channels
         self.accum: np.ndarray | None = None if out_channels is None else np.zeros((out_channels, *shape), np.float32)
         self.weight = np.zeros(shape, np.float32)
 
@@ -155,7 +154,10 @@ class TileBlender:
                 self.weight[y : y + tile, x : x + tile] += window
 
     def result(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
-        """(K, rows, cols) float32: the blended outputs (a new array) of a finished part of the canvas."""
+        """(K, rows, cols) float32: the blended outputs of a finished part of the canvas (a new array).
+
+        Without arguments, the whole canvas is divided in place and returned: the blender is spent.
+        """
         assert self.accum is not None, "no tile has been added"
         if rows == slice(None) and cols == slice(None):
             self.accum /= self.weight  # the whole canvas is done with: divide in place
@@ -168,8 +170,7 @@ class TileBlender:
             return
         assert self.accum is not None
         for array in (self.accum, self.weight):
-            view = array.reshape(-1, *array.shape[-2:]) if array.ndim == 3 else array[None]
-            keep = view.shape[1] - rows
+            keep = array.shape[-2] - rows
             if keep > 0:
-                view[:, :keep] = view[:, rows:]
-            view[:, max(keep, 0):] = 0
+                array[..., :keep, :] = array[..., rows:, :]
+            array[..., max(keep, 0):, :] = 0
