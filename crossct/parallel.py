@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Callable, Iterator, Sequence, TypeVar
 
 __all__ = ["ordered_map"]
@@ -23,15 +24,25 @@ def ordered_map(fn: Callable[[T], R], items: Sequence[T], concurrency: int) -> I
     if concurrency == 1 or len(items) == 1:
         yield from map(fn, items)
         return
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="crossct-worker") as pool:
-        pending: deque = deque()
-        try:
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                if len(pending) > concurrency:
-                    yield pending.popleft().result()
-            while pending:
+    pool = _pool(concurrency)
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) > concurrency:
                 yield pending.popleft().result()
-        finally:  # an error or an abandoned generator: drop what has not started
-            for future in pending:
-                future.cancel()
+        while pending:
+            yield pending.popleft().result()
+    finally:  # an error or an abandoned generator: drop what has not started, wait for the rest
+        for future in pending:
+            future.cancel()
+        for future in pending:
+            if not future.cancelled():
+                future.exception()
+
+
+@lru_cache(maxsize=None)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One long-lived pool per size: no threads started and stopped per image (and no new
+    allocator arenas for them), so memory stays flat over thousands of images."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"crossct-{workers}")
