@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -46,3 +47,8 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     """One long-lived pool per size: no threads started and stopped per image (and no new
     allocator arenas for them), so memory stays flat over thousands of images."""
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"crossct-{workers}")
+
+
+# A forked child has none of its parent's threads: it must not queue work to their pools.
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_pool.cache_clear)

@@ -202,3 +202,17 @@ def test_concurrent_call_error_reaches_the_caller_and_stops_the_rest():
 def test_concurrency_must_be_positive():
     with pytest.raises(ValueError, match="concurrency"):
         sliding_window(np.zeros((1, 8, 8), np.float32), plus_one, TilingConfig(tile_size=32), concurrency=0)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_worker_pools_work_in_a_forked_child():
+    """A child forked after the pools exist gets its own (its parent's threads are not in it)."""
+    import multiprocessing
+
+    image = np.random.default_rng(2).random((3, 200, 200), dtype=np.float32)
+    config = TilingConfig(tile_size=64, batch_size=1)
+    expected = sliding_window(image, plus_one, config, concurrency=2)  # the parent's pool now exists
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(sliding_window, (image, plus_one, config, None, 2)).get(timeout=60)
+    np.testing.assert_array_equal(got, expected)
