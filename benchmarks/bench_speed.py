@@ -548,7 +548,7 @@ def _run(args: argparse.Namespace, work: Path) -> int:
     header = ("| MP | pipeline | tiles | wall s | norm s | model s | net s | post s | peak RSS MB | cells |\n"
               "|---|---|---|---|---|---|---|---|---|---|")
     print("Per image in batch mode (model loaded and warmed up; median of the timed runs; "
-          "wall = read + segment + write; net = inside the network calls)\n")
+          "wall = read + segment + write; net = wall time while a network call runs)\n")
     print(header, flush=True)
     results: dict[float, dict[str, tuple[dict[str, Any], float]]] = {}
     runtimes: dict[str, str] = {}
