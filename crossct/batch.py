@@ -16,8 +16,7 @@ from typing import Callable, Iterable
 
 from .config import ModelSpec
 from .io import ImageReadError, list_images, output_name, read_image, write_labels
-from .pipeline import Timings, predict_outputs
-from .postprocess import postprocess
+from .pipeline import Timings, segment_stages
 from .predictors import Predictor
 
 __all__ = ["WorkItem", "Summary", "find_work", "remove_stale_temporaries", "run_batch", "shard_from_env"]
@@ -154,41 +153,21 @@ def run_batch(
             t0 = time.perf_counter()
             try:
                 image = read_image(item.image)
-                stage = _network_stage(image, predictor, spec, summary.timings)
+                finish_segmenting = segment_stages(image, predictor, spec, summary.timings)
             except Exception as exc:  # noqa: BLE001 - reported by _failure; the batch goes on
                 collect()  # keep failures in the order of the work list
                 summary.failed.append(_failure(item, exc))
                 continue
             collect()
-            pending = (item, finisher.submit(_finish_stage, item, image, stage, predictor, spec, summary.timings,
-                                             overlay_dir), t0)
+            pending = (item, finisher.submit(_finish, item, image, finish_segmenting, overlay_dir), t0)
         collect()
     return summary
 
 
-def _network_stage(image, predictor: Predictor, spec: ModelSpec | None, timings: Timings):
-    """Normalise + network for an ordinary image (its outputs, post-processed later), or the whole
-    segmentation for one that goes block by block (its labels)."""
-    from .blocks import needs_blocks, segment_blocks
-
-    spec = spec or predictor.spec
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if needs_blocks(image.shape, spec):
-        return ("labels", segment_blocks(image, predictor, spec, timings))
-    return ("outputs", predict_outputs(image, predictor, spec, timings))
-
-
-def _finish_stage(item: WorkItem, image, stage, predictor: Predictor, spec: ModelSpec | None, timings: Timings,
-                  overlay_dir: Path | None) -> tuple[int, tuple[int, ...]]:
-    """Post-process (when still needed), write the labels and the overlay; returns (cells, shape)."""
-    kind, data = stage
-    if kind == "outputs":
-        t0 = time.perf_counter()
-        labels = postprocess(data, (spec or predictor.spec).postprocess)
-        timings.postprocess += time.perf_counter() - t0
-    else:
-        labels = data
+def _finish(item: WorkItem, image, finish_segmenting: Callable[[], object],
+            overlay_dir: Path | None) -> tuple[int, tuple[int, ...]]:
+    """The second stage: post-process, write the labels (and the overlay); returns (cells, shape)."""
+    labels = finish_segmenting()
     write_labels(item.output, labels)
     if overlay_dir is not None:
         from .overlay import write_overlay

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from .postprocess import postprocess
 from .predictors import Predictor
 from .tiling import sliding_window
 
-__all__ = ["segment", "predict_outputs", "tiling_for", "Timings"]
+__all__ = ["segment", "segment_stages", "predict_outputs", "tiling_for", "Timings"]
 
 
 @dataclass
@@ -68,6 +69,15 @@ def segment(image: np.ndarray, predictor: Predictor, spec: ModelSpec | None = No
     (H, W) int32 instance labels, 0 background, 1..N cells (uint32 for images segmented block by
     block, see :mod:`crossct.blocks`).
     """
+    return segment_stages(image, predictor, spec, timings)()
+
+
+def segment_stages(image: np.ndarray, predictor: Predictor, spec: ModelSpec | None = None,
+                   timings: Timings | None = None) -> Callable[[], np.ndarray]:
+    """:func:`segment` in two stages: runs normalisation + network now and returns the rest
+    (post-processing) as a function, so a batch can post-process one image on another thread
+    while the next goes through the network.  Images segmented block by block are done in the
+    first stage (their post-processing is interleaved with the network already)."""
     spec = spec or predictor.spec
     timings = timings if timings is not None else Timings()
     if image.ndim == 2:
@@ -75,9 +85,14 @@ def segment(image: np.ndarray, predictor: Predictor, spec: ModelSpec | None = No
     from .blocks import needs_blocks, segment_blocks
 
     if needs_blocks(image.shape, spec):
-        return segment_blocks(image, predictor, spec, timings)
+        labels = segment_blocks(image, predictor, spec, timings)
+        return lambda: labels
     outputs = predict_outputs(image, predictor, spec, timings)
-    t0 = time.perf_counter()
-    labels = postprocess(outputs, spec.postprocess)
-    timings.postprocess += time.perf_counter() - t0
-    return labels
+
+    def finish() -> np.ndarray:
+        t0 = time.perf_counter()
+        labels = postprocess(outputs, spec.postprocess)
+        timings.postprocess += time.perf_counter() - t0
+        return labels
+
+    return finish

@@ -209,12 +209,12 @@ def test_out_of_memory_reported_and_batch_goes_on(tmp_path, onnx_predictor, monk
     """MemoryError while decoding or segmenting one image fails that image only, with a plain reason."""
     import cv2
 
-    import crossct.batch as batch
+    import crossct.pipeline as pipeline
 
     inp, out = tmp_path / "in", tmp_path / "out"
     make_folder(inp, 3, size=64)
     out.mkdir()
-    real_outputs, real_decode = batch.predict_outputs, cv2.imdecode
+    real_outputs, real_decode = pipeline.predict_outputs, cv2.imdecode
     calls, decodes = [], []
 
     def predict_outputs(image, *args, **kwargs):  # the first image runs out of memory in the network
@@ -229,7 +229,7 @@ def test_out_of_memory_reported_and_batch_goes_on(tmp_path, onnx_predictor, monk
             raise MemoryError
         return real_decode(data, flags)
 
-    monkeypatch.setattr(batch, "predict_outputs", predict_outputs)
+    monkeypatch.setattr(pipeline, "predict_outputs", predict_outputs)
     monkeypatch.setattr(cv2, "imdecode", imdecode)
     work, _, _ = find_work(inp, out)
     summary = run_batch(work, onnx_predictor)
@@ -305,6 +305,7 @@ def test_batch_post_processes_one_image_while_the_next_goes_through_the_network(
     import time
 
     import crossct.batch as batch
+    import crossct.pipeline as pipeline
     from crossct.pipeline import segment
 
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -312,7 +313,7 @@ def test_batch_post_processes_one_image_while_the_next_goes_through_the_network(
     (inp / "img_02.png").write_bytes(b"not a png")  # a failure in the middle keeps its place
     out.mkdir()
     events, lock = [], threading.Lock()
-    real_outputs, real_post = batch.predict_outputs, batch.postprocess
+    real_outputs, real_post = pipeline.predict_outputs, pipeline.postprocess
 
     def log(what):
         with lock:
@@ -331,8 +332,8 @@ def test_batch_post_processes_one_image_while_the_next_goes_through_the_network(
         log("post end")
         return result
 
-    monkeypatch.setattr(batch, "predict_outputs", predict_outputs)
-    monkeypatch.setattr(batch, "postprocess", postprocess)
+    monkeypatch.setattr(pipeline, "predict_outputs", predict_outputs)
+    monkeypatch.setattr(pipeline, "postprocess", postprocess)
     work, errors, _ = find_work(inp, out)
     summary = batch.run_batch(work, onnx_predictor)
     assert summary.done == 3 and [Path(f).name for f, _ in summary.failed] == ["img_02.png"]
