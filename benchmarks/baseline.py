@@ -58,13 +58,6 @@ class BaselineTimings:
     postprocess: float = 0.0
 
 
-def _cpu_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def organisers_normalize(image):
     """The organisers' normalisation: uint8 percentile rescale per channel, then divide by the maximum.
 
@@ -134,7 +127,9 @@ def load_baseline_model(weights: str | os.PathLike | None = None, threads: int |
 
     from crossct.predictors import load_predictor
 
-    torch.set_num_threads(threads or _cpu_threads())
+    from crossct.predictors import available_cpus
+
+    torch.set_num_threads(threads or available_cpus())
     predictor = load_predictor(weights, backend="torch", device="cpu")
     return class_logits_module(predictor.module.net), predictor.spec
 

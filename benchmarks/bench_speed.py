@@ -49,6 +49,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from crossct.predictors import available_cpus
+
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = ("ours", "baseline")
 MB = 1024 * 1024
@@ -181,13 +183,6 @@ def synthetic_image_file(megapixels: float, folder: Path, seed: int = 0) -> Path
     return path
 
 
-def cpu_threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def machine_line() -> str:
     """CPU model, the vector instructions that decide convolution speed, and the CPUs available."""
     model, flags = "unknown CPU", set()
@@ -202,12 +197,12 @@ def machine_line() -> str:
         pass
     isa = [name for flag, name in [("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_vnni", "VNNI"),
                                    ("avx512_bf16", "BF16"), ("amx_tile", "AMX")] if flag in flags]
-    return f"{model} ({' '.join(isa) or 'no AVX2'}), {cpu_threads()} CPU(s) available"
+    return f"{model} ({' '.join(isa) or 'no AVX2'}), {available_cpus()} CPU(s) available"
 
 
 def load_line() -> str:
     one, five, _ = os.getloadavg()
-    busy = one > 0.5 * cpu_threads()
+    busy = one > 0.5 * available_cpus()
     return f"load average {one:.2f} (1 min) {five:.2f} (5 min)" + (
         "  ** machine busy: timings are NOT final **" if busy else "")
 
@@ -394,7 +389,7 @@ def _worker_peak(args: argparse.Namespace) -> dict[str, Any]:
     from crossct.config import load_spec
     from crossct.nets import build_network
 
-    threads = cpu_threads()
+    threads = available_cpus()
     torch.set_num_threads(threads)
     n = args.matmul_size
     rng = np.random.default_rng(0)
