@@ -13,12 +13,13 @@ channels are equal, class maps as ``uint8``: 4 bytes per pixel for a grey image 
 float16 distances (all 674 pairs of ``../shared/data``: 172 MiB images + 424 MiB targets). Images
 used by both a labelled and an unlabelled dataset are held once (shared through a weak-value store).
 
-Scale jitter: the window cut from the image is ``crop / scale`` pixels and is resized to ``crop``:
+Scale jitter (over cell sizes, see :class:`AugmentConfig`): the window cut from the image is
+``crop / scale`` pixels and is resized to ``crop``:
 the image and the distance maps linearly, the class map with (centre-aligned) nearest neighbour.
 Recomputing the targets from a resized *instance* label would be exact but costs tens of ms to a
 second per item; the distance maps are normalised per cell, hence nearly scale invariant, so
-interpolating them is close, and only the boundary ring's width scales with the zoom (about 2 px
-at 0.7, 4 px at 1.4 instead of 3).
+interpolating them is close.  The class map of a zoomed window is recomputed from the window's
+zoomed instance labels (about 3 ms), so its boundary ring is 3 px wide at every zoom.
 
 Why plain NumPy / OpenCV rather than MONAI's ``Rand*`` transforms: these draw from a random state
 owned by each transform object, so the augmentation of an item would depend on the worker and the
@@ -49,7 +50,8 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 from ..config import NormalizeConfig
 from ..io import image_shape, list_images, output_name, read_image
 from ..normalize import normalize_image
-from .targets import TargetCache
+from ..size import median_diameter, resize_labels
+from .targets import TargetCache, class_map, read_label_file, remove_small_objects
 
 __all__ = [
     "Record",
@@ -236,14 +238,19 @@ def _image_hw(path: Path) -> tuple[int, int]:
 class AugmentConfig:
     """Random augmentation of labelled crops (each step applied with its probability).
 
-    Geometric: ``scale`` zoom (log-uniform), then flips and 90-degree rotations (always, 8
-    orientations equally likely).  Photometric, on the normalised [0, 1] image, the same for all
+    Geometric: with probability ``p_scale`` a zoom drawn log-uniformly so that the image's median
+    cell diameter ``d`` lands in ``diameter`` (px), the zoom itself kept inside ``scale``:
+    ``zoom in [max(scale[0], diameter[0] / d), min(scale[1], diameter[1] / d)]`` (a cell size the
+    data lacks is seen at every size the network has to handle: 8 px DSB nuclei zoomed in, 100 px
+    Coelho nuclei zoomed out); then flips and 90-degree rotations (always, 8 orientations equally
+    likely).  Photometric, on the normalised [0, 1] image, the same for all
     channels: contrast ``x -> mean + c (x - mean)`` and brightness ``+ b``; gamma; Gaussian noise of
     standard deviation up to ``noise_std``; Gaussian blur with sigma in ``blur_sigma``.  The
     result is clipped to [0, 1], the range the network sees at inference.
     """
 
-    scale: tuple[float, float] = (0.7, 1.4)
+    scale: tuple[float, float] = (0.25, 4.0)
+    diameter: tuple[float, float] = (8.0, 80.0)
     p_scale: float = 0.5
     contrast: tuple[float, float] = (0.75, 1.25)
     brightness: tuple[float, float] = (-0.1, 0.1)
@@ -256,13 +263,25 @@ class AugmentConfig:
     p_blur: float = 0.2
 
     def __post_init__(self) -> None:
-        for name in ("scale", "contrast", "gamma", "blur_sigma"):
+        for name in ("scale", "diameter", "contrast", "gamma", "blur_sigma"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ValueError(f"{name} must be a range 0 < low <= high, got {(lo, hi)}")
         for name in ("p_scale", "p_contrast", "p_gamma", "p_noise", "p_blur"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+
+    def zoom_range(self, diameter: float) -> tuple[float, float]:
+        """Zoom range for an image whose median cell diameter is ``diameter`` px (see the class
+        docstring).  Without cells (NaN) the zoom spans ``scale`` restricted to [0.5, 2]; when no
+        zoom inside ``scale`` reaches the diameter range, the one closest to it."""
+        if not math.isfinite(diameter) or diameter <= 0:
+            return max(self.scale[0], 0.5), min(self.scale[1], 2.0)
+        lo = max(self.scale[0], self.diameter[0] / diameter)
+        hi = min(self.scale[1], self.diameter[1] / diameter)
+        if lo > hi:  # cells too small (largest zoom) or too large (smallest zoom) to reach the range
+            lo = hi = self.scale[1] if self.diameter[0] / diameter > self.scale[1] else self.scale[0]
+        return lo, hi
 
 
 def _offset(rng: np.random.Generator, size: int, window: int) -> int:
@@ -417,10 +436,18 @@ class LabelledDataset(_EpochSeeded):
         self.classes: list[np.ndarray] = []
         # (H, W, 2) uint8, value / 255: channel-last for windowing and resizing.
         self.distances: list[np.ndarray] = []
+        # Cleaned instance labels (the class map of a zoomed window is recomputed from them, so the
+        # boundary ring stays 3 px wide at every zoom) and their median cell diameter (px), the
+        # scale augmentation's reference.
+        self.labels: list[np.ndarray] = []
+        self.diameters: list[float] = []
         start, misses = time.perf_counter(), cache.misses
         for record in self.records:
             image = load_normalized(record.image, normalize)
             classes, distances = cache.get(record.label)
+            labels = remove_small_objects(read_label_file(record.label))
+            self.labels.append(labels.astype(np.uint16 if labels.max(initial=0) < 2**16 else np.uint32))
+            self.diameters.append(median_diameter(labels))
             if classes.shape != image.shape[:2]:
                 raise ValueError(f"{record.label}: label shape {classes.shape} does not match image "
                                  f"{record.image} shape {image.shape[:2]}")
@@ -433,7 +460,7 @@ class LabelledDataset(_EpochSeeded):
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for arrays in (self.images, self.classes, self.distances) for a in arrays)
+        return sum(a.nbytes for arrays in (self.images, self.classes, self.distances, self.labels) for a in arrays)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -444,13 +471,18 @@ class LabelledDataset(_EpochSeeded):
         cfg, crop = self.augmentation, self.crop
         scale = 1.0
         if self.augment and rng.random() < cfg.p_scale:
-            scale = math.exp(rng.uniform(math.log(cfg.scale[0]), math.log(cfg.scale[1])))
+            lo, hi = cfg.zoom_range(self.diameters[index])
+            scale = math.exp(rng.uniform(math.log(lo), math.log(hi)))
         window = max(1, int(round(crop / scale)))
         y0, x0 = _offset(rng, classes.shape[0], window), _offset(rng, classes.shape[1], window)
         image_w = _resize(_window(image, y0, x0, window), crop, cv2.INTER_LINEAR)
-        # Centre-aligned nearest neighbour (INTER_NEAREST is shifted by half a pixel against
-        # INTER_LINEAR's sampling grid and would misalign classes and image).
-        classes_w = _resize(_window(classes, y0, x0, window), crop, cv2.INTER_NEAREST_EXACT)
+        if window == crop:
+            classes_w = _window(classes, y0, x0, window)
+        else:
+            # Classes of the zoomed labels, not zoomed classes: the boundary ring keeps its 3 px
+            # (zooming the class map by 4 would teach a 12 px ring).  Centre-aligned nearest
+            # neighbour, as INTER_LINEAR samples the image.
+            classes_w = class_map(resize_labels(_window(self.labels[index], y0, x0, window), (crop, crop)))
         distances_w = _resize(_window(distances, y0, x0, window), crop, cv2.INTER_LINEAR)
         image_f = image_w.astype(np.float32) * np.float32(1.0 / 255.0)
         k, flip = 0, False

@@ -334,7 +334,10 @@ def _build_data(cfg: TrainConfig, dist: Distributed):
         train_records = D.read_manifest(manifest, split="train")
         val_records = D.read_manifest(manifest, split="val")
     cache = TargetCache(Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "crossct" / "targets")
-    labelled = D.LabelledDataset(train_records, cache, crop=cfg.crop, augment=True, seed=cfg.seed)
+    augmentation = D.AugmentConfig(scale=(1.0 / cfg.zoom_max, cfg.zoom_max), p_scale=cfg.p_zoom,
+                                   diameter=(cfg.zoom_min_diameter, cfg.zoom_max_diameter))
+    labelled = D.LabelledDataset(train_records, cache, crop=cfg.crop, augment=True, seed=cfg.seed,
+                                 augmentation=augmentation)
     batches = {"labelled": StepBatches(labelled, D.source_weights(train_records, cfg.source_alpha),
                                        cfg.batch_size, cfg.seed, 1, dist)}
     if cfg.mode == "cross-teach":
@@ -389,8 +392,20 @@ def train_one_step(step: int, roles: list[Role], batches: dict[str, StepBatches]
     return logged
 
 
-def _training_state(step: int, roles: list[Role], cfg: TrainConfig, history: list) -> dict[str, Any]:
-    return {"format": FORMAT, "step": step, "config": cfg.to_dict(),
+def val_fingerprint(val_items: list[dict[str, Any]]) -> str:
+    """sha256 over the validation images' names, sources and label contents: best scores are only
+    comparable while it stays the same."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for item in sorted(val_items, key=lambda i: (i["source"], i["name"])):
+        h.update(f"{item['source']}/{item['name']}/{item['label'].shape}\n".encode())
+        h.update(np.ascontiguousarray(item["label"]).tobytes())
+    return h.hexdigest()
+
+
+def _training_state(step: int, roles: list[Role], cfg: TrainConfig, history: list, val_split: str) -> dict[str, Any]:
+    return {"format": FORMAT, "step": step, "config": cfg.to_dict(), "val_split": val_split,
             "roles": {r.name: r.state() for r in roles},
             "rng": {"torch": torch.get_rng_state()}, "history": json.dumps(history)}
 
@@ -441,6 +456,15 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
         (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     batches, val_records = _build_data(cfg, dist)
     val_items = load_val_items(val_records, cfg.val_max_images) if (dist.main and val_records) else []
+    val_split = val_fingerprint(val_items)
+    if resume and state.get("val_split") != val_split:
+        # A best score measured on other validation images cannot be compared with new ones.
+        for role in roles:
+            if role.best_step >= 0:
+                logger.warning("%s: the validation images changed since the best score %.4f (step %d) was "
+                               "measured; the next validation starts a new best", role.name, role.best_score,
+                               role.best_step)
+            role.best_score, role.best_step = -1.0, -1
     log = RunLog(run_dir)
     sup_loss, ct_loss = SupervisedLoss(cfg.mse_weight), CrossTeachingLoss(cfg.mse_weight)
     for role in roles:
@@ -448,7 +472,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
 
     def checkpoint(step: int) -> None:
         if dist.main:
-            save_checkpoint(last, _training_state(step, roles, cfg, history))
+            save_checkpoint(last, _training_state(step, roles, cfg, history, val_split))
 
     def validate(step: int) -> None:
         if not (dist.main and val_items):
