@@ -3,7 +3,9 @@
 #   make wheelhouse image                      CPU image  $(IMAGE)        from wheelhouse/cpu
 #   make wheelhouse-gpu image-gpu              GPU image  $(IMAGE_GPU)    from wheelhouse/gpu
 #   make image BASE_IMAGE=crossct-base:bookworm-py311     air-gapped: base from scripts/docker_base.sh
-#   make image-gpu BUILD_FLAGS="--build-arg RUN_AS=0:0"      challenge submission (see docs/container.md)
+#   make submission TEAM=name [SAMPLES=DIR]    challenge submission: GPU image name:latest -> name.tar.gz,
+#                                              checked with the organisers' own command line
+#   make lock / make lock-gpu                  re-resolve requirements.lock / requirements-gpu.lock
 #   make test-container                        the end-to-end test (.ci/run runs it)
 #   make lint-docker                           hadolint
 #
@@ -15,8 +17,13 @@ BASE_IMAGE ?=
 BUILD_FLAGS ?=
 BUILD_ARGS  = $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) $(BUILD_FLAGS)
 DOCKER     ?= docker
+TEAM       ?=
+SAMPLES    ?=
+# bash with pipefail: "docker save | gzip" must fail when docker save does.
+SHELL      := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 
-.PHONY: check-weights wheelhouse wheelhouse-gpu image image-gpu base-image engine engine-stop test-container lint-docker
+.PHONY: check-weights check-team wheelhouse wheelhouse-gpu lock lock-gpu image image-gpu submission base-image engine engine-stop test-container lint-docker
 
 wheelhouse:
 	scripts/wheelhouse.sh cpu wheelhouse/cpu
@@ -24,12 +31,19 @@ wheelhouse:
 wheelhouse-gpu:
 	scripts/wheelhouse.sh gpu wheelhouse/gpu
 
-# The wheelhouse is made first if missing; "make wheelhouse" refreshes it.
-wheelhouse/cpu/SHA256SUMS:
+# The wheelhouse is made first if missing or older than its lock; "make wheelhouse" refreshes it.
+wheelhouse/cpu/SHA256SUMS: requirements.lock
 	scripts/wheelhouse.sh cpu wheelhouse/cpu
 
-wheelhouse/gpu/SHA256SUMS:
+wheelhouse/gpu/SHA256SUMS: requirements-gpu.lock
 	scripts/wheelhouse.sh gpu wheelhouse/gpu
+
+# Only to move to newer versions (requirements*.txt): every wheel, pinned with its sha256.
+lock:
+	scripts/lock_requirements.sh cpu
+
+lock-gpu:
+	scripts/lock_requirements.sh gpu
 
 check-weights:
 	@test -f weights/model.onnx -a -f weights/model.json || { echo "weights/ has no model.onnx + model.json: the image would have no model (python -m crossct.export CHECKPOINT weights)" >&2; exit 1; }
@@ -41,6 +55,18 @@ image: check-weights wheelhouse/cpu/SHA256SUMS
 image-gpu: check-weights wheelhouse/gpu/SHA256SUMS
 	$(DOCKER) build --network none $(BUILD_ARGS) --build-arg VARIANT=gpu -t $(IMAGE_GPU) .
 	@$(DOCKER) image inspect -f '$(IMAGE_GPU): {{.Size}} bytes' $(IMAGE_GPU)
+
+# The organisers load TEAM.tar.gz and run TEAM:latest with --name TEAM: an image name in lower case
+# (they lower-case the file name) and a container name, which Docker wants 2 characters long at least.
+check-team:
+	@[[ "$(TEAM)" =~ ^[a-z0-9]+((_|__|-+)[a-z0-9]+)*$$ && "$(TEAM)" == ??* ]] || { echo "make submission TEAM=name: 2 or more lower-case letters and digits, joined by '-' or '_' (got '$(TEAM)'; it becomes the organisers' image and container name)" >&2; exit 2; }
+
+submission: check-team check-weights wheelhouse/gpu/SHA256SUMS
+	$(DOCKER) build --network none $(BUILD_ARGS) --build-arg VARIANT=gpu -t $(TEAM):latest .
+	$(DOCKER) save $(TEAM):latest | gzip > $(TEAM).tar.gz.part
+	mv $(TEAM).tar.gz.part $(TEAM).tar.gz
+	@ls -l $(TEAM).tar.gz
+	scripts/check_submission.sh $(TEAM).tar.gz $(SAMPLES)
 
 base-image:
 	scripts/docker_base.sh

@@ -3,7 +3,8 @@
 Writes scikit-image's ``ihc.png`` (immunohistochemistry, stained nuclei) and a synthetic
 fluorescence-like field of touching nuclei (:mod:`crossct.synthetic`) into ``DEMO/inputs``, runs
 the normal prediction on them into ``DEMO/outputs`` with outline previews in ``DEMO/overlays``,
-and prints where everything went.
+and prints where everything went. ``--images-only`` writes the example images and stops (sample
+inputs for checking a container: ``scripts/check_submission.sh``).
 """
 
 from __future__ import annotations
@@ -15,26 +16,37 @@ from pathlib import Path
 from typing import Sequence
 
 
+def write_example_images(folder: Path) -> list[Path]:
+    """Write the demo's inputs into ``folder``: scikit-image's ``ihc.png`` (512x512 RGB) and a
+    synthetic field of touching nuclei ``synthetic_nuclei.png`` (384x512 gray)."""
+    import cv2
+    import skimage
+
+    from .synthetic import synthetic_cells
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / "ihc.png", folder / "synthetic_nuclei.png"]
+    shutil.copyfile(Path(skimage.__file__).parent / "data" / "ihc.png", written[0])
+    cv2.imwrite(str(written[1]), synthetic_cells(384, 512, seed=7)[0])
+    return written
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m crossct.demo", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="demo", help="folder for inputs/, outputs/ and overlays/")
     p.add_argument("-w", "--weights", default=None, help="weights folder (default: the shipped weights/)")
+    p.add_argument("--images-only", action="store_true", help="write the example images to OUT/inputs and stop")
     args = p.parse_args(argv)
 
-    import cv2
-    import skimage
+    inputs = Path(args.out) / "inputs"
+    write_example_images(inputs)
+    if args.images_only:
+        print(f"example images in {inputs}")
+        return 0
 
     from . import cli
 
-    data_dir = Path(skimage.__file__).parent / "data"
-    inputs = Path(args.out) / "inputs"
-    inputs.mkdir(parents=True, exist_ok=True)
-    from .synthetic import synthetic_cells
-
-    shutil.copyfile(data_dir / "ihc.png", inputs / "ihc.png")
-    cv2.imwrite(str(inputs / "synthetic_nuclei.png"), synthetic_cells(384, 512, seed=7)[0])
     cli_args = ["-i", str(inputs), "-o", str(Path(args.out) / "outputs"), "--overlay", str(Path(args.out) / "overlays")]
     if args.weights:
         cli_args += ["-w", args.weights]

@@ -4,12 +4,19 @@
 #
 # 1. a Docker engine: the running one, else a private dockerd (scripts/docker_engine.sh), stopped at the end;
 # 2. the base image from debootstrap (scripts/docker_base.sh, cached) - Docker Hub is not needed;
-# 3. the CPU wheelhouse (scripts/wheelhouse.sh) and a tiny untrained model (python -m crossct.export);
+# 3. the CPU wheelhouse (scripts/wheelhouse.sh, from requirements.lock) and a tiny untrained model
+#    (python -m crossct.export);
 # 4. `docker build --network none` from a temporary build context (the repository's files, the tiny
 #    model as weights/, the wheelhouse): the offline build;
-# 5. runs with --network none on synthetic images (PNG, 16-bit TIFF, float TIFF, a 1-megapixel RGB)
-#    and compares every label TIFF pixel for pixel with `python predict.py` on this host: the plain
-#    `docker run` (read-only /inputs), the challenge's `/bin/bash -c "sh predict.sh"`, an arbitrary --user.
+# 5. runs with synthetic images (PNG, 16-bit TIFF, float TIFF, a 1-megapixel RGB) and compares every
+#    label TIFF pixel for pixel with `python predict.py` on this host, and who owns it:
+#    - the challenge organisers' flow (scripts/check_submission.sh --loaded): their exact command line
+#      (-m 28g, --name, --rm, /workspace mounts, `sh predict.sh`), one image at a time, with ./outputs
+#      made by root (mode 755) and again by a non-root organiser (uid 1000): files owned by that owner;
+#    - the plain `docker run` (read-only /inputs) into a folder of an ordinary user; a host folder that
+#      Docker creates itself (root); a named volume (uid 10001); an explicit --user 4242:4242;
+#    - `docker compose run --rm crossct-cpu` from docker-compose.yml (scripts/compose_plugin.sh brings
+#      Docker Compose where the engine has none).
 # Prints timings and "container: N passed, M failed"; exits 1 on any failure.
 #
 # Environment: CROSSCT_WHEELHOUSE (default wheelhouse/cpu), CROSSCT_BASE_IMAGE (default: the
@@ -21,6 +28,7 @@ cd "$(dirname "$0")/../.." || exit 2
 REPO=$PWD
 PY=${PYTHON:-python}
 IMAGE=${CROSSCT_IMAGE:-crossct:test}
+TEAM=crossct-test-$$   # the organisers run TEAM:latest with --name TEAM
 WHEELHOUSE=${CROSSCT_WHEELHOUSE:-$REPO/wheelhouse/cpu}
 T_START=$(date +%s.%N)
 
@@ -47,10 +55,12 @@ cleanup() {
     local rc=$?
     if [ -n "${DOCKER_HOST:-}" ] || [ -S /var/run/docker.sock ]; then
         docker ps -aq --filter "label=crossct-test=$$" 2>/dev/null | xargs -r docker rm -f >/dev/null 2>&1
+        docker volume ls -q --filter "label=crossct-test=$$" 2>/dev/null | xargs -r docker volume rm >/dev/null 2>&1
+        docker image rm "$TEAM:latest" >/dev/null 2>&1   # a second tag of the test image: only the tag goes
         # Earlier builds of the test image, now untagged; the current one stays as the next run's cache.
         docker image prune -f --filter label=crossct-test-image >/dev/null 2>&1
     fi
-    # Files written by the container's user (uid 10001 / 4242) belong to them: root removes them.
+    # Files written by the container's users (root, 1000, 10001, 4242): root removes them.
     rm -rf "$WORK" 2>/dev/null
     if [ "$ENGINE_STARTED" = 1 ]; then scripts/docker_engine.sh stop; fi
     summary   # last, so that the summary line closes the output
@@ -181,18 +191,45 @@ cells = [int(len(np.unique(tifffile.imread(host / n)))) - 1 for n in want]
 print(f"{len(want)} label files identical to the host's (cells per image: {cells})")
 EOF
 }
-outdir() { mkdir -p "$WORK/$1" && chown "${2:-10001:10001}" "$WORK/$1" && echo "$WORK/$1"; }
+# owned DIR UID:GID: every file in DIR belongs to UID:GID.
+owned() {
+    local stray
+    stray=$(find "$1" -type f ! \( -uid "${2%:*}" -gid "${2#*:}" \) -printf "%f %U:%G, ")
+    if [ -n "$stray" ]; then echo "files not owned by $2: $stray"; return 1; fi
+    echo "all owned by $2"
+}
+# check NAME DIR OWNER LOG: labels identical to the host's and owned by OWNER.
+check() {
+    local msg own
+    if msg=$(compare "$2" 2>&1) && own=$(owned "$2" "$3"); then pass "$1: $msg, $own"
+    else fail "$1: $msg ${own:-}"; cat "$4"; fi
+}
+# outdir NAME [UID:GID]: an output folder made by that user, mode 755 (as mkdir with umask 022 makes it).
+outdir() { mkdir -p "$WORK/$1" && chmod 755 "$WORK/$1" && chown "${2:-0:0}" "$WORK/$1" && echo "$WORK/$1"; }
 RUN=(docker run --rm --pull never --network none --label "crossct-test=$$")
 
-# a. the plain run: no arguments, /inputs read-only, default user
-OUT=$(outdir out_plain)
+# a. the challenge organisers' flow: their command line as it is (but --gpus on a GPU-less machine),
+#    one container per image, ./outputs made by root and then by a non-root organiser.
+t=$(now)
+docker tag "$IMAGE" "$TEAM:latest"
+if CROSSCT_CHECK_RESULTS=$WORK/organisers CROSSCT_CHECK_USER=1000:1000 \
+        scripts/check_submission.sh --loaded "$TEAM" "$WORK/images" >"$WORK/organisers.log" 2>&1; then
+    grep -E "^(command|organiser .* images in)" "$WORK/organisers.log" | sed 's/^/  /'
+    check "organisers' command, ./outputs root 755" "$WORK/organisers/0_0" 0:0 "$WORK/organisers.log"
+    check "organisers' command, ./outputs uid 1000 755" "$WORK/organisers/1000_1000" 1000:1000 "$WORK/organisers.log"
+else
+    cat "$WORK/organisers.log"; fail "organisers' command: scripts/check_submission.sh failed"
+fi
+timing "organisers' flow, 4 images x 2 organisers" "$(since "$t")"
+
+# b. the plain run: no arguments, /inputs read-only, ./outputs made by an ordinary user
+OUT=$(outdir out_plain 1000:1000)
 t=$(now)
 "${RUN[@]}" -v "$WORK/images:/inputs:ro" -v "$OUT:/outputs" "$IMAGE" >"$WORK/plain.log" 2>&1
 rc=$?
 if [ "$rc" = 0 ]; then
     timing "docker run, 4 images" "$(since "$t")"
-    if msg=$(compare "$OUT" 2>&1); then pass "docker run (read-only /inputs): $msg"
-    else fail "docker run (read-only /inputs): $msg"; fi
+    check "docker run (read-only /inputs, outputs of uid 1000)" "$OUT" 1000:1000 "$WORK/plain.log"
 else
     cat "$WORK/plain.log"; fail "docker run (read-only /inputs): exit code $rc"
 fi
@@ -204,37 +241,67 @@ elif [ "$rc" = 0 ]; then
     pass "provider log: $(grep -cE "WARNING|ERROR" "$WORK/plain.log") warning line(s), no ONNX Runtime errors"
 fi
 
-# b. the challenge convention: WORKDIR /workspace, sh predict.sh
-OUT=$(outdir out_challenge)
-if "${RUN[@]}" -m 28g -v "$WORK/images/:/workspace/inputs/" -v "$OUT/:/workspace/outputs/" "$IMAGE" \
-        /bin/bash -c "sh predict.sh" >"$WORK/challenge.log" 2>&1; then
-    if msg=$(compare "$OUT" 2>&1); then pass "sh predict.sh (/workspace): $msg"
-    else fail "sh predict.sh (/workspace): $msg"; fi
+# c. a host folder that does not exist: Docker creates it, owned by root
+if "${RUN[@]}" -v "$WORK/images:/inputs:ro" -v "$WORK/made_by_docker/out:/outputs" "$IMAGE" >"$WORK/missing.log" 2>&1; then
+    check "docker run, outputs created by Docker" "$WORK/made_by_docker/out" 0:0 "$WORK/missing.log"
 else
-    cat "$WORK/challenge.log"; fail "sh predict.sh (/workspace): docker run failed"
+    cat "$WORK/missing.log"; fail "docker run, outputs created by Docker: docker run failed"
 fi
 
-# c. an arbitrary user (no passwd entry), read-only input, output owned by that user
+# d. a named volume: it starts as a copy of the image's /outputs (uid 10001); copied out to compare
+VOLUME=crossct-test-$$
+docker volume create --label "crossct-test=$$" "$VOLUME" >/dev/null
+OUT=$(outdir out_volume)
+if "${RUN[@]}" -v "$WORK/images:/inputs:ro" -v "$VOLUME:/outputs" "$IMAGE" >"$WORK/volume.log" 2>&1 \
+        && "${RUN[@]}" --entrypoint cp -v "$VOLUME:/outputs:ro" -v "$OUT:/copy" "$IMAGE" -a /outputs/. /copy/ >>"$WORK/volume.log" 2>&1; then
+    check "docker run, named volume" "$OUT" 10001:10001 "$WORK/volume.log"
+else
+    cat "$WORK/volume.log"; fail "docker run, named volume: docker run failed"
+fi
+
+# e. an explicit user (no passwd entry), read-only input, output owned by that user
 OUT=$(outdir out_user 4242:4242)
 if "${RUN[@]}" --user 4242:4242 -v "$WORK/images:/inputs:ro" -v "$OUT:/outputs" "$IMAGE" >"$WORK/user.log" 2>&1; then
-    if msg=$(compare "$OUT" 2>&1); then pass "docker run --user 4242:4242: $msg"
-    else fail "docker run --user 4242:4242: $msg"; fi
+    check "docker run --user 4242:4242" "$OUT" 4242:4242 "$WORK/user.log"
 else
     cat "$WORK/user.log"; fail "docker run --user 4242:4242: docker run failed"
 fi
 
-# d. what is in the image: non-root default user, no torch, the weights
+# f. docker compose run --rm crossct-cpu, the file's own paths (./inputs, ./outputs) in a project folder
+t=$(now)
+COMPOSE=(docker compose)
+if ! docker compose version >/dev/null 2>&1; then
+    if cfg=$(scripts/compose_plugin.sh); then COMPOSE=(env DOCKER_CONFIG="$cfg" docker compose); else COMPOSE=(); fi
+fi
+if [ "${#COMPOSE[@]}" = 0 ]; then
+    fail "docker compose: no Docker Compose (scripts/compose_plugin.sh failed)"
+else
+    mkdir -p "$WORK/compose/inputs" && cp "$WORK"/images/* "$WORK/compose/inputs/"
+    OUT=$(outdir compose/outputs 1000:1000)
+    if (cd "$WORK/compose" && CROSSCT_CPU_IMAGE=$IMAGE "${COMPOSE[@]}" -f "$REPO/docker-compose.yml" \
+            --project-directory . --project-name "crossct-test-$$" run --rm crossct-cpu) >"$WORK/compose.log" 2>&1; then
+        check "docker compose $("${COMPOSE[@]}" version --short) run --rm crossct-cpu" "$OUT" 1000:1000 "$WORK/compose.log"
+    else
+        cat "$WORK/compose.log"; fail "docker compose run --rm crossct-cpu failed"
+    fi
+fi
+timing "docker compose run" "$(since "$t")"
+
+# g. what is in the image: the entry point, no torch, the weights; with no output folder mounted
+#    the command runs as the image's user 10001, not as root
 if info=$("${RUN[@]}" "$IMAGE" python -c "
 import importlib.util as u, os, onnxruntime as ort
-assert os.getuid() != 0, 'runs as root'
+assert os.getuid() == 10001, f'runs as uid {os.getuid()}, not 10001'
 assert u.find_spec('torch') is None, 'torch is installed'
 w = os.environ['CROSSCT_WEIGHTS']
 assert {'model.json', 'model.onnx'} <= set(os.listdir(w)), os.listdir(w)
 print(f'uid {os.getuid()}, onnxruntime {ort.__version__} {ort.get_available_providers()}, weights {sorted(os.listdir(w))}')
-" 2>&1); then pass "image contents: $info"; else fail "image contents: $info"; fi
+" 2>&1) && labels=$(docker image inspect -f '{{json .Config.Labels}} entrypoint {{json .Config.Entrypoint}}' "$IMAGE"); then
+    pass "image contents: $info; $labels"
+else fail "image contents: $info"; fi
 
-# e. start-to-exit wall time for one 1-megapixel image (goal < 5 s), best of 2 after a warm-up
-OUT=$(outdir out_1mp)
+# h. start-to-exit wall time for one 1-megapixel image (goal < 5 s), best of 2 after a warm-up
+OUT=$(outdir out_1mp 10001:10001)
 best=""
 for i in 1 2 3; do
     rm -f "$OUT"/*
