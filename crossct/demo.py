@@ -14,6 +14,32 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
+__all__ = ["DEMO_IMAGES", "demo_image", "main"]
+
+DEMO_IMAGES = ("ihc", "synthetic_nuclei")
+SYNTHETIC_SHAPE, SYNTHETIC_SEED = (384, 512), 7
+
+
+def _ihc_path() -> Path:
+    import skimage
+
+    return Path(skimage.__file__).parent / "data" / "ihc.png"
+
+
+def demo_image(name: str) -> np.ndarray:
+    """One of the demo's images, as the CLI reads it from the demo's inputs/ folder:
+    ``ihc`` (512, 512, 3) uint8 RGB or ``synthetic_nuclei`` (384, 512) uint8."""
+    if name == "ihc":
+        from .io import read_image
+
+        return read_image(_ihc_path())
+    if name == "synthetic_nuclei":
+        from .synthetic import synthetic_cells
+
+        return synthetic_cells(*SYNTHETIC_SHAPE, seed=SYNTHETIC_SEED)[0]
+    raise ValueError(f"no demo image {name!r}; choose one of {list(DEMO_IMAGES)}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,17 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import cv2
-    import skimage
 
     from . import cli
-
-    data_dir = Path(skimage.__file__).parent / "data"
-    inputs = Path(args.out) / "inputs"
-    inputs.mkdir(parents=True, exist_ok=True)
     from .synthetic import synthetic_cells
 
-    shutil.copyfile(data_dir / "ihc.png", inputs / "ihc.png")
-    cv2.imwrite(str(inputs / "synthetic_nuclei.png"), synthetic_cells(384, 512, seed=7)[0])
+    inputs = Path(args.out) / "inputs"
+    inputs.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_ihc_path(), inputs / "ihc.png")
+    cv2.imwrite(str(inputs / "synthetic_nuclei.png"), synthetic_cells(*SYNTHETIC_SHAPE, seed=SYNTHETIC_SEED)[0])
     cli_args = ["-i", str(inputs), "-o", str(Path(args.out) / "outputs"), "--overlay", str(Path(args.out) / "overlays")]
     if args.weights:
         cli_args += ["-w", args.weights]
