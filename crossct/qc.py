@@ -102,8 +102,8 @@ def unusualness(entries: Sequence[QCEntry]) -> np.ndarray:
 
 def contact_sheet(entries: Sequence[QCEntry], size: int = THUMBNAIL, columns: int | None = None) -> np.ndarray:
     """(H, W, 3) uint8 RGB sheet: a title line, then one tile per entry, most unusual first
-    (stable: ties keep the batch's order), red-framed when flagged, with name, cell count and
-    median area underneath."""
+    (stable: ties keep the batch's order), red-framed when flagged, with name, cell count, median
+    area (px) and robust z underneath."""
     import cv2
 
     scores = unusualness(entries)
@@ -113,10 +113,11 @@ def contact_sheet(entries: Sequence[QCEntry], size: int = THUMBNAIL, columns: in
     rows = max(1, math.ceil(n / columns))
     tile_w, tile_h = size + 2 * MARGIN, size + CAPTION + 2 * MARGIN
     title_h = 28
-    sheet = np.full((title_h + rows * tile_h, max(columns * tile_w, 600), 3), 32, np.uint8)
+    sheet = np.full((title_h + rows * tile_h, max(columns * tile_w, 760), 3), 32, np.uint8)
     flagged = int(np.sum(scores > FLAG_Z))
     font = cv2.FONT_HERSHEY_SIMPLEX
-    title = f"CrossCT QC: {n} images, most unusual first; {flagged} flagged (red: failed, or robust z > {FLAG_Z:g})"
+    title = (f"CrossCT QC: {n} images, most unusual first; {flagged} flagged (red: failed, or robust z > {FLAG_Z:g}); "
+             "px: median cell area")
     cv2.putText(sheet, title, (6, 19), font, 0.45, (235, 235, 235), 1, cv2.LINE_AA)
     for slot, i in enumerate(order):
         entry, score = entries[i], scores[i]
@@ -127,7 +128,7 @@ def contact_sheet(entries: Sequence[QCEntry], size: int = THUMBNAIL, columns: in
             th, tw = entry.thumbnail.shape[:2]
             oy, ox = y + MARGIN + (size - th) // 2, x + MARGIN + (size - tw) // 2
             sheet[oy : oy + th, ox : ox + tw] = entry.thumbnail
-            lines = [entry.name, f"{entry.cells} cells, median {entry.median_area:.0f} px"]
+            lines = [entry.name, f"{entry.cells} cells, {entry.median_area:.0f} px, z {score:.1f}"]
         else:
             lines = [entry.name, f"FAILED: {entry.error}"]
         for k, text in enumerate(lines):

@@ -54,7 +54,7 @@ def test_sheet_layout_and_file(tmp_path):
     entries = [entry(f"img{i}", 40 + i % 3, 100) for i in range(7)] + [failed_entry("bad.png", "corrupt")]
     sheet = contact_sheet(entries, size=16)
     tile_w, tile_h = 16 + 2 * MARGIN, 16 + CAPTION + 2 * MARGIN
-    assert sheet.shape == (TITLE + 3 * tile_h, 600, 3)  # 8 entries: 3 columns, 3 rows (min width 600)
+    assert sheet.shape == (TITLE + 3 * tile_h, 760, 3)  # 8 entries: 3 columns, 3 rows (min width 760)
     first, second = sheet[TITLE + 1, 1], sheet[TITLE + 1, tile_w + 1]
     assert tuple(first) == RED and tuple(second) != RED  # the failed image first, framed red
     path = write_contact_sheet(tmp_path / "qc.png", entries, size=16)

@@ -59,7 +59,7 @@ def test_every_report_beside_the_labels(batch, capsys):
         assert len(json.loads((out / f"img{i}_cells.geojson").read_text())["features"]) == labels.max()
     assert summary[2]["cells"] == "" and "not a decodable" in summary[2]["error"]
     sheet = read_image(out / "qc.png")
-    assert sheet.ndim == 3 and sheet.shape[1] >= 600
+    assert sheet.ndim == 3 and sheet.shape[1] >= 760
 
 
 def test_no_option_no_extra_file(batch, capsys):

@@ -66,12 +66,11 @@ class SegmentCellsWidget(Container):
         self._settings = {s.name: _control(s, defaults[s.name]) for s in SETTINGS}
         self._run_button = PushButton(text="Segment")
         self._cancel_button = PushButton(text="Cancel", enabled=False)
-        self._progress = ProgressBar(value=0, min=0, max=1, label="tiles")
+        self._progress = ProgressBar(value=0, min=0, max=1, tooltip="network tiles done")
         self._status = Label(value="")
-        self._status.native.setWordWrap(True)
         self.extend([self._image, self._weights, *self._settings.values(),
                      Container(widgets=[self._run_button, self._cancel_button], layout="horizontal", labels=False),
-                     self._progress, self._status])
+                     Container(widgets=[self._progress, self._status], labels=False)])
         self._signals = _Progress()
         self._signals.tiles.connect(self._on_tiles)
         self._cancel = threading.Event()
