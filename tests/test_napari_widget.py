@@ -48,20 +48,25 @@ SCREENSHOT_DIR = Path(os.environ.get("CROSSCT_TEST_OUTPUT", REPO / "test-output"
 @pytest.fixture(scope="session", autouse=True)
 def x_display():
     """A display the Qt xcb platform can draw on, before pytest-qt creates the QApplication."""
+    platform = os.environ.get("QT_QPA_PLATFORM")
     os.environ["QT_QPA_PLATFORM"] = "xcb"  # even where offscreen was asked for: see the module docstring
-    if os.environ.get("DISPLAY"):
-        yield os.environ["DISPLAY"]
-        return
-    if shutil.which("Xvfb") is None:
-        message = "no X display and no Xvfb: apt-get install xvfb libxcb-icccm4 libxcb-keysyms1"
-        pytest.fail(message) if IN_CI else pytest.skip(message)
-    pyvirtualdisplay = _require("pyvirtualdisplay", "PyVirtualDisplay is in requirements-dev.txt")
-    display = pyvirtualdisplay.Display(visible=False, size=(1600, 1000), color_depth=24)
-    display.start()
+    display = None
     try:
+        if not os.environ.get("DISPLAY"):
+            if shutil.which("Xvfb") is None:
+                message = "no X display and no Xvfb: apt-get install xvfb libxcb-icccm4 libxcb-keysyms1"
+                pytest.fail(message) if IN_CI else pytest.skip(message)
+            pyvirtualdisplay = _require("pyvirtualdisplay", "PyVirtualDisplay is in requirements-dev.txt")
+            display = pyvirtualdisplay.Display(visible=False, size=(1600, 1000), color_depth=24)
+            display.start()  # sets DISPLAY for this process, restored by stop()
         yield os.environ["DISPLAY"]
     finally:
-        display.stop()
+        if display is not None:
+            display.stop()
+        if platform is None:
+            os.environ.pop("QT_QPA_PLATFORM", None)
+        else:
+            os.environ["QT_QPA_PLATFORM"] = platform
 
 
 @pytest.fixture(scope="session")
