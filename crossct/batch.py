@@ -23,6 +23,9 @@ __all__ = ["WorkItem", "Summary", "find_work", "remove_stale_temporaries", "run_
 
 logger = logging.getLogger(__name__)
 
+# (image path, label path, image, labels, seconds since the image was started) -> None
+OnLabels = Callable[[Path, Path, object, object, float], None]
+
 
 @dataclass(frozen=True)
 class WorkItem:
@@ -118,8 +121,13 @@ def run_batch(
     spec: ModelSpec | None = None,
     overlay_dir: Path | None = None,
     progress: Callable[[list], Iterable] = lambda items: items,
+    on_labels: OnLabels | None = None,
 ) -> Summary:
     """Segment every item, recording failures (in the order of the work list) instead of raising.
+
+    ``on_labels(image_path, label_path, image, labels, seconds)`` is called for each image once
+    its label file is written (the one place where per-image extras such as
+    :class:`crossct.reports.BatchReports` hook in); an error in it fails that image.
 
     Two stages overlap: while one image's outputs are post-processed and written on a second
     thread, the next image is read and goes through the network.  Post-processing runs on one
@@ -159,16 +167,18 @@ def run_batch(
                 summary.failed.append(_failure(item, exc))
                 continue
             collect()
-            pending = (item, finisher.submit(_finish, item, image, finish_segmenting, overlay_dir), t0)
+            pending = (item, finisher.submit(_finish, item, image, finish_segmenting, overlay_dir, on_labels, t0), t0)
         collect()
     return summary
 
 
-def _finish(item: WorkItem, image, finish_segmenting: Callable[[], object],
-            overlay_dir: Path | None) -> tuple[int, tuple[int, ...]]:
+def _finish(item: WorkItem, image, finish_segmenting: Callable[[], object], overlay_dir: Path | None,
+            on_labels: OnLabels | None = None, t0: float = 0.0) -> tuple[int, tuple[int, ...]]:
     """The second stage: post-process, write the labels (and the overlay); returns (cells, shape)."""
     labels = finish_segmenting()
     write_labels(item.output, labels)
+    if on_labels is not None:
+        on_labels(item.image, item.output, image, labels, time.perf_counter() - t0)
     if overlay_dir is not None:
         from .overlay import write_overlay
 

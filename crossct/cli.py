@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .reports import add_arguments as add_report_arguments
+
 __all__ = ["main", "build_parser"]
 
 logger = logging.getLogger("crossct.predict")
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the weights' post-processing (threshold = the organisers' interior > 0.5)")
     p.add_argument("--overlay", metavar="DIR", default=None, help="also write PNG previews with cell outlines here")
     p.add_argument("--skip-existing", action="store_true", help="skip images whose label file already exists (resume)")
+    add_report_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the summary")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -94,8 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .batch import find_work, run_batch, shard_from_env
     from .predictors import WeightsError, load_predictor
+    from .reports import ReportOptionError, reports_from_args
 
     rank, world = shard_from_env()
+    try:
+        reports = reports_from_args(args, rank, world)
+    except ReportOptionError as exc:
+        logger.error("%s", exc)
+        return EXIT_FATAL
     work, errors, skipped = find_work(Path(args.input), Path(args.output), skip_existing=args.skip_existing,
                                       rank=rank, world=world)
     if world > 1:
@@ -111,8 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     summary = run_batch(work, predictor, spec, overlay_dir=Path(args.overlay) if args.overlay else None,
-                        progress=lambda items: _progress(items, not args.quiet))
+                        progress=lambda items: _progress(items, not args.quiet),
+                        on_labels=reports.add if reports else None)
     summary.failed.extend(errors)
+    if reports:
+        summary.failed.extend(reports.finish(summary.failed))
     summary.skipped += len(skipped)
     elapsed = time.perf_counter() - start
     for name, reason in summary.failed:

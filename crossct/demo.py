@@ -15,19 +15,44 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
+__all__ = ["DEMO_IMAGES", "demo_image", "main"]
+
+DEMO_IMAGES = ("ihc", "synthetic_nuclei")
+SYNTHETIC_SHAPE, SYNTHETIC_SEED = (384, 512), 7
+
+
+def _ihc_path() -> Path:
+    import skimage
+
+    return Path(skimage.__file__).parent / "data" / "ihc.png"
+
+
+def demo_image(name: str) -> np.ndarray:
+    """One of the demo's images, as the CLI reads it from the demo's inputs/ folder:
+    ``ihc`` (512, 512, 3) uint8 RGB or ``synthetic_nuclei`` (384, 512) uint8."""
+    if name == "ihc":
+        from .io import read_image
+
+        return read_image(_ihc_path())
+    if name == "synthetic_nuclei":
+        from .synthetic import synthetic_cells
+
+        return synthetic_cells(*SYNTHETIC_SHAPE, seed=SYNTHETIC_SEED)[0]
+    raise ValueError(f"no demo image {name!r}; choose one of {list(DEMO_IMAGES)}")
 
 def write_example_images(folder: Path) -> list[Path]:
     """Write the demo's inputs into ``folder``: scikit-image's ``ihc.png`` (512x512 RGB) and a
     synthetic field of touching nuclei ``synthetic_nuclei.png`` (384x512 gray)."""
     import cv2
-    import skimage
 
     from .synthetic import synthetic_cells
 
     folder.mkdir(parents=True, exist_ok=True)
     written = [folder / "ihc.png", folder / "synthetic_nuclei.png"]
-    shutil.copyfile(Path(skimage.__file__).parent / "data" / "ihc.png", written[0])
-    cv2.imwrite(str(written[1]), synthetic_cells(384, 512, seed=7)[0])
+    shutil.copyfile(_ihc_path(), written[0])
+    cv2.imwrite(str(written[1]), synthetic_cells(*SYNTHETIC_SHAPE, seed=SYNTHETIC_SEED)[0])
     return written
 
 
