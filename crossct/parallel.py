@@ -6,7 +6,7 @@ import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
-from typing import Callable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 __all__ = ["ordered_map"]
 
@@ -14,15 +14,16 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def ordered_map(fn: Callable[[T], R], items: Sequence[T], concurrency: int) -> Iterator[R]:
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], concurrency: int) -> Iterator[R]:
     """``map(fn, items)``, with up to ``concurrency`` calls running in worker threads.
 
-    At most ``concurrency + 1`` results wait to be consumed, so memory stays bounded however many
-    items there are.  Worth it where ``fn`` releases the GIL (ONNX Runtime, OpenCV, NumPy and
+    At most ``concurrency + 1`` results wait to be consumed, and ``items`` (any iterable, e.g. a
+    generator producing large arrays) is drawn from only as calls are submitted, so memory stays
+    bounded however many items there are.  Worth it where ``fn`` releases the GIL (ONNX Runtime, OpenCV, NumPy and
     scikit-image's watershed do).  An error in a call is raised here, in order; calls not yet
     started are then dropped.
     """
-    if concurrency == 1 or len(items) == 1:
+    if concurrency <= 1 or (isinstance(items, Sequence) and len(items) == 1):
         yield from map(fn, items)
         return
     pool = _pool(concurrency)

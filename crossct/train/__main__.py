@@ -30,16 +30,23 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m crossct.train", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("pack", add_help=False, help="write every image and label training needs into one file "
+                   "(python -m crossct.train pack --help)")
     for name, text in (("supervised", "supervised pre-training of one network (--model unet|swin)"),
                        ("cross-teach", "cross-teaching of a CNN and a Transformer from supervised checkpoints")):
         sp = sub.add_parser(name, help=text, description=text)
         sp.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt")
         sp.add_argument("-v", "--verbose", action="store_true")
-        add_config_arguments(sp, skip=("mode",))
+        add_config_arguments(sp, skip=("mode",), mode=name)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["pack"]:
+        from .pack import pack_main
+
+        return pack_main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -57,6 +57,10 @@ __all__ = [
     "Record",
     "AugmentConfig",
     "read_manifest",
+    "data_records",
+    "read_record_image",
+    "read_record_label",
+    "record_image",
     "paired_folder_records",
     "unlabelled_records",
     "load_normalized",
@@ -82,6 +86,8 @@ class Record:
     source : data set it comes from (the unit of balanced sampling).
     name : short identifier for logs.
     split : ``"train"``, ``"val"``, ``"unlabelled"``, ...
+    archive : the training pack (:mod:`crossct.train.pack`) holding ``image`` and ``label`` as
+        members, or ``None`` for files.
     """
 
     image: Path
@@ -89,6 +95,56 @@ class Record:
     source: str
     name: str
     split: str = "train"
+    archive: Path | None = None
+
+
+def data_records(data: str | os.PathLike, split: str | None) -> list[Record]:
+    """Labelled records of a data folder (its ``manifest.csv``) or of a training pack file."""
+    from .pack import is_pack, open_pack
+
+    data = Path(data)
+    if data.is_file() and is_pack(data):
+        return open_pack(data).records(split)
+    manifest = data / "manifest.csv" if data.is_dir() else data
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{data}: neither a data folder with manifest.csv nor a training pack "
+                                "(pass --data DIR or FILE, or set CROSSCT_DATA)")
+    return read_manifest(manifest, split=split)
+
+
+def read_record_label(record: Record) -> tuple[np.ndarray, bytes]:
+    """(instance labels, the label file's bytes) of a labelled record, from a file or a pack."""
+    if record.label is None:
+        raise ValueError(f"{record.name}: record has no label")
+    if record.archive is not None:
+        from .pack import open_pack
+
+        data = open_pack(record.archive).read(str(record.label))
+    else:
+        data = Path(record.label).read_bytes()
+    return read_label_file(record.label, data), data
+
+
+def read_record_image(record: Record) -> np.ndarray:
+    """The image of a record as the inference pipeline takes it: the file as read by
+    :func:`crossct.io.read_image`, or a pack's stored (normalised, uint8) image."""
+    if record.archive is not None:
+        from .pack import open_pack
+
+        return open_pack(record.archive).image(record.image)
+    return read_image(record.image)
+
+
+def record_image(record: Record, normalize: NormalizeConfig = NormalizeConfig()) -> np.ndarray:
+    """The normalised, quantised image of a record (:func:`load_normalized`), from a file or a pack."""
+    if record.archive is None:
+        return load_normalized(record.image, normalize)
+    from .pack import open_pack
+
+    pack = open_pack(record.archive)
+    if pack.normalize != normalize:
+        raise ValueError(f"{record.archive}: packed with normalisation {pack.normalize}, training asks for {normalize}")
+    return pack.image(record.image)
 
 
 _MANIFEST_COLUMNS = ("image", "label", "source")
@@ -220,6 +276,14 @@ def load_normalized(path: str | os.PathLike, normalize: NormalizeConfig = Normal
 def _quantise(unit: np.ndarray) -> np.ndarray:
     """[0, 1] floats -> contiguous uint8 (value / 255), the in-memory form of images and distances."""
     return np.ascontiguousarray(np.clip(np.rint(np.asarray(unit, np.float32) * np.float32(255.0)), 0, 255), np.uint8)
+
+
+def _record_hw(record: Record) -> tuple[int, int]:
+    if record.archive is not None:
+        from .pack import open_pack
+
+        return open_pack(record.archive).shape(record.image)
+    return _image_hw(Path(record.image))
 
 
 def _image_hw(path: Path) -> tuple[int, int]:
@@ -442,10 +506,16 @@ class LabelledDataset(_EpochSeeded):
         self.labels: list[np.ndarray] = []
         self.diameters: list[float] = []
         start, misses = time.perf_counter(), cache.misses
-        for record in self.records:
-            image = load_normalized(record.image, normalize)
-            classes, distances = cache.get(record.label)
-            labels = remove_small_objects(read_label_file(record.label))
+        t_log = start
+        for i, record in enumerate(self.records):
+            if time.perf_counter() - t_log > 15:  # computing targets takes a while on first use
+                logger.info("labelled dataset: %d of %d images read, %d targets computed so far", i,
+                            len(self.records), cache.misses - misses)
+                t_log = time.perf_counter()
+            image = record_image(record, normalize)
+            raw_labels, label_bytes = read_record_label(record)
+            classes, distances = cache.get(record.label, label_bytes)
+            labels = remove_small_objects(raw_labels)
             self.labels.append(labels.astype(np.uint16 if labels.max(initial=0) < 2**16 else np.uint32))
             self.diameters.append(median_diameter(labels))
             if classes.shape != image.shape[:2]:
@@ -521,7 +591,7 @@ class UnlabelledDataset(_EpochSeeded):
         self.records = list(records)
         self.crop, self.augment, self.seed, self.epoch = int(crop), bool(augment), int(seed), 0
         start = time.perf_counter()
-        self.images = [load_normalized(r.image, normalize) for r in self.records]
+        self.images = [record_image(r, normalize) for r in self.records]
         self.shapes = [im.shape[:2] for im in self.images]
         logger.info("unlabelled dataset: %d images, %.0f MB (shared with other datasets where the files are "
                     "the same), %.1f s", len(self.records), self.nbytes / 2**20, time.perf_counter() - start)
@@ -571,7 +641,7 @@ def source_weights(records: Sequence[Record], alpha: float = 0.5, *, shapes: Seq
     if max_area_factor < 1.0:
         raise ValueError(f"max_area_factor must be >= 1, got {max_area_factor}")
     if shapes is None:
-        shapes = [_image_hw(Path(r.image)) for r in records]
+        shapes = [_record_hw(r) for r in records]
     if len(shapes) != len(records):
         raise ValueError(f"{len(shapes)} shapes for {len(records)} records")
     counts: dict[str, int] = {}

@@ -14,8 +14,10 @@ gradients are averaged by DistributedDataParallel (NCCL on GPUs, Gloo on CPU).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -30,6 +32,7 @@ import torch
 
 from ..config import SWIN_UNETR_PAPER, UNET_PAPER, ModelSpec, PostprocessConfig
 from ..nets import FULLY_CONVOLUTIONAL, build_network, with_probabilities
+from .budget import PROBE_SKIP, PROBE_STEPS, StepPlan, TimeAccount, plan_steps
 from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .losses import CrossTeachingLoss, SupervisedLoss, consistency_weight
@@ -58,9 +61,11 @@ class Distributed:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
-    def setup(cls) -> "Distributed":
+    def setup(cls, device: str = "auto") -> "Distributed":
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        cuda = torch.cuda.is_available()
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False)")
+        cuda = device != "cpu" and torch.cuda.is_available()
         if world > 1:
             backend = "nccl" if cuda else "gloo"
             torch.distributed.init_process_group(backend=backend)
@@ -123,6 +128,12 @@ class StopRequest:
 
 
 # ----------------------------------------------------------------------------- roles
+def scaled_lr(cfg: TrainConfig, world: int = 1) -> float:
+    """Peak learning rate for this run's global batch: ``lr * sqrt(batch * world / lr_batch)``
+    (square-root scaling, the usual rule for Adam; 1 for the default batch of 8 on one process)."""
+    return cfg.lr * math.sqrt(cfg.batch_size * world / cfg.lr_batch)
+
+
 def _lr_factor(step: int, warmup: int, total: int, power: float) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -145,7 +156,7 @@ class Role:
 
     @classmethod
     def create(cls, name: str, spec: ModelSpec, cfg: TrainConfig, dist: Distributed,
-               init_weights: dict[str, torch.Tensor] | None = None) -> "Role":
+               init_weights: dict[str, torch.Tensor] | None = None, plan: StepPlan | None = None) -> "Role":
         network = build_network(spec.model)
         if init_weights is not None:
             network.load_state_dict({k.removeprefix("module."): v for k, v in init_weights.items()})
@@ -157,9 +168,12 @@ class Role:
         if dist.world > 1:
             module = torch.nn.parallel.DistributedDataParallel(
                 network, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-        optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.AdamW(network.parameters(), lr=scaled_lr(cfg, dist.world), weight_decay=cfg.weight_decay)
+        plan = plan or StepPlan(cfg.steps)
+        # The schedule reads the plan's total when it is stepped: a time-budgeted run sets it after
+        # its probe steps (inside the warm-up, so the schedule is the one a fixed plan would give).
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: _lr_factor(s, cfg.warmup_steps, cfg.steps, cfg.poly_power))
+            optimizer, lambda s: _lr_factor(s, cfg.warmup_steps, plan.total, cfg.poly_power))
         return cls(name, spec, network, module, optimizer, scheduler)
 
     def state(self) -> dict[str, Any]:
@@ -215,25 +229,40 @@ class ModulePredictor:
 
 
 def evaluate(network: torch.nn.Module, spec: ModelSpec, val_items: list[dict[str, Any]], device: torch.device,
-             methods: dict[str, PostprocessConfig] | None = None) -> dict[str, Any]:
+             methods: dict[str, PostprocessConfig] | None = None, log_every: float = 0.0) -> dict[str, Any]:
     """Full inference pipeline + challenge F1 on the validation images.
+
+    The network runs on this thread; next to a GPU, post-processing and scoring run on the host's
+    other cores meanwhile.  ``log_every``: seconds between progress lines (0: none).
 
     Returns ``{method: {"mean": .., "median": .., "source_mean": .., "per_source": {..}}}``.
     """
     from evaluate import f1_score
 
+    from ..parallel import ordered_map
     from ..pipeline import predict_outputs
     from ..postprocess import postprocess
+    from ..predictors import available_cpus
 
     methods = methods or {"watershed": spec.postprocess, "threshold": PostprocessConfig(method="threshold")}
     was_training = network.training
     predictor = ModulePredictor(network, spec, device)
+
+    def score(pair: tuple[dict[str, Any], np.ndarray]) -> tuple[str, dict[str, float]]:
+        item, outputs = pair
+        return item["source"], {m: float(f1_score(item["label"], postprocess(outputs, post))["f1"])
+                                for m, post in methods.items()}
+
+    concurrency = max(1, min(8, available_cpus() - 1)) if device.type == "cuda" else 1
+    outputs = ((item, predict_outputs(item["image"], predictor, spec)) for item in val_items)
     scores: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
-    for item in val_items:
-        outputs = predict_outputs(item["image"], predictor, spec)
-        for method, post in methods.items():
-            f1 = f1_score(item["label"], postprocess(outputs, post))["f1"]
-            scores[method].setdefault(item["source"], []).append(float(f1))
+    t0 = t_log = time.perf_counter()
+    for done, (source, f1s) in enumerate(ordered_map(score, outputs, concurrency), 1):
+        for method, f1 in f1s.items():
+            scores[method].setdefault(source, []).append(f1)
+        if log_every and time.perf_counter() - t_log > log_every and done < len(val_items):
+            logger.info("validating: %d of %d images, %.0f s", done, len(val_items), time.perf_counter() - t0)
+            t_log = time.perf_counter()
     network.train(was_training)
     return {m: summarize(s) for m, s in scores.items()}
 
@@ -264,9 +293,7 @@ def selection_score(result: dict[str, Any]) -> float:
 
 def load_val_items(records, limit: int = 0) -> list[dict[str, Any]]:
     """Read validation images and labels once; ``limit`` picks images round-robin over sources."""
-    import tifffile
-
-    from ..io import read_image
+    from .data import read_record_image, read_record_label
 
     by_source: dict[str, list] = {}
     for r in records:
@@ -279,7 +306,7 @@ def load_val_items(records, limit: int = 0) -> list[dict[str, Any]]:
                 ordered.append(q.pop(0))
     if limit:
         ordered = ordered[:limit]
-    return [{"image": read_image(r.image), "label": tifffile.imread(r.label), "source": r.source, "name": r.name}
+    return [{"image": read_record_image(r), "label": read_record_label(r)[0], "source": r.source, "name": r.name}
             for r in ordered]
 
 
@@ -306,15 +333,36 @@ class RunLog:
         self._append(self.val_csv, row)
 
 
-def _roles_for(cfg: TrainConfig, dist: Distributed) -> list[Role]:
+def load_weights(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch.Tensor]]:
+    """(spec, state dict) of a network from a ``best_*.pt`` checkpoint, a weights folder
+    (``model.pt``) or its ``model.pt``; a training state (``last.pt``) with one network, too."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.pt"
+    ckpt = load_checkpoint(path)
+    if "roles" in ckpt:
+        if len(ckpt["roles"]) != 1:
+            raise ValueError(f"{path}: a training state of {sorted(ckpt['roles'])}; name one network's best_*.pt instead")
+        ckpt = next(iter(ckpt["roles"].values()))
+    weights = ckpt.get("model", ckpt.get("state_dict"))
+    if weights is None or "spec" not in ckpt:
+        raise ValueError(f"{path}: holds no network weights with their spec")
+    return ModelSpec.from_dict(ckpt["spec"]), weights
+
+
+def _roles_for(cfg: TrainConfig, dist: Distributed, plan: StepPlan | None = None) -> list[Role]:
     if cfg.mode == "supervised":
-        spec = ModelSpec(model=MODEL_SPECS[cfg.model])
-        return [Role.create(cfg.model, spec, cfg, dist)]
+        spec, weights = ModelSpec(model=MODEL_SPECS[cfg.model]), None
+        if cfg.init:
+            init_spec, weights = load_weights(cfg.init)
+            if init_spec.model != spec.model:
+                raise ValueError(f"--init {cfg.init}: a {init_spec.model.arch} with {init_spec.model.kwargs}, "
+                                 f"not the {cfg.model} being trained")
+        return [Role.create(cfg.model, spec, cfg, dist, init_weights=weights, plan=plan)]
     roles = []
     for name, path in (("cnn", cfg.cnn), ("transformer", cfg.transformer)):
-        ckpt = load_checkpoint(path)
-        spec = ModelSpec.from_dict(ckpt["spec"])
-        roles.append(Role.create(name, spec, cfg, dist, init_weights=ckpt["model"]))
+        spec, weights = load_weights(path)
+        roles.append(Role.create(name, spec, cfg, dist, init_weights=weights, plan=plan))
     return roles
 
 
@@ -328,66 +376,74 @@ def _build_data(cfg: TrainConfig, dist: Distributed):
         val_records: list = (D.paired_folder_records(Path(cfg.val_images_dir), Path(cfg.val_labels_dir))
                              if cfg.val_images_dir else [])
     else:
-        manifest = Path(cfg.manifest) if cfg.manifest else data_dir / "manifest.csv"
-        if not manifest.is_file():
-            raise FileNotFoundError(f"manifest {manifest} not found: pass --data DIR, --manifest CSV or set CROSSCT_DATA")
-        train_records = D.read_manifest(manifest, split="train")
-        val_records = D.read_manifest(manifest, split="val")
+        source = Path(cfg.manifest) if cfg.manifest else data_dir
+        train_records = D.data_records(source, split="train")
+        val_records = D.data_records(source, split="val")
     cache = TargetCache(Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "crossct" / "targets")
     augmentation = D.AugmentConfig(scale=(1.0 / cfg.zoom_max, cfg.zoom_max), p_scale=cfg.p_zoom,
                                    diameter=(cfg.zoom_min_diameter, cfg.zoom_max_diameter))
     labelled = D.LabelledDataset(train_records, cache, crop=cfg.crop, augment=True, seed=cfg.seed,
                                  augmentation=augmentation)
-    batches = {"labelled": StepBatches(labelled, D.source_weights(train_records, cfg.source_alpha),
+    batches = {"labelled": StepBatches(labelled, D.source_weights(train_records, cfg.source_alpha, shapes=labelled.shapes),
                                        cfg.batch_size, cfg.seed, 1, dist)}
     if cfg.mode == "cross-teach":
-        folders = [Path(u) for u in cfg.unlabelled] or sorted(p for p in (data_dir / "unlabeled").glob("*") if p.is_dir())
-        unl_records = D.unlabelled_records(folders) if folders else []
+        if cfg.unlabelled:
+            unl_records = D.unlabelled_records([Path(u) for u in cfg.unlabelled])
+        elif data_dir.is_file():  # a training pack: its unlabelled images
+            unl_records = D.data_records(data_dir, split="unlabelled")
+        else:
+            folders = sorted(p for p in (data_dir / "unlabeled").glob("*") if p.is_dir())
+            unl_records = D.unlabelled_records(folders) if folders else []
         if cfg.labelled_as_unlabelled:
-            unl_records = unl_records + [D.Record(r.image, None, r.source, r.name, r.split) for r in train_records]
+            unl_records = unl_records + [D.Record(r.image, None, r.source, r.name, r.split, r.archive) for r in train_records]
         if not unl_records:
             raise ValueError("cross-teach found no unlabelled images (--unlabelled DIR ...)")
         unlabelled = D.UnlabelledDataset(unl_records, crop=cfg.crop, augment=True, seed=cfg.seed)
-        batches["unlabelled"] = StepBatches(unlabelled, D.source_weights(unl_records, cfg.source_alpha),
+        batches["unlabelled"] = StepBatches(unlabelled, D.source_weights(unl_records, cfg.source_alpha, shapes=unlabelled.shapes),
                                             cfg.unlabelled_batch_size, cfg.seed, 2, dist)
     return batches, val_records
 
 
-def train_one_step(step: int, roles: list[Role], batches: dict[str, StepBatches], cfg: TrainConfig,
-                   sup_loss: SupervisedLoss, ct_loss: CrossTeachingLoss, device: torch.device) -> dict[str, float]:
-    """One optimisation step of every role; returns the logged losses."""
-    lab = batches["labelled"].batch(step)
+def train_one_step(step: int, roles: list[Role], batch: dict[str, Any], cfg: TrainConfig, sup_loss: SupervisedLoss,
+                   ct_loss: CrossTeachingLoss, device: torch.device, total_steps: int | None = None,
+                   amp: bool = False) -> dict[str, float]:
+    """One optimisation step of every role on ``batch`` (``{"labelled": .., "unlabelled": ..}`` as
+    built by :class:`StepBatches`); returns the logged losses.  ``amp``: bf16 autocast (CUDA)."""
+    total_steps = total_steps or cfg.steps
+    lab = batch["labelled"]
     x = lab["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    classes = lab["classes"].to(device).long()
-    distances = lab["distances"].to(device).float()
+    classes = lab["classes"].to(device, non_blocking=True).long()
+    distances = lab["distances"].to(device, non_blocking=True).float()
     for role in roles:
         role.optimizer.zero_grad(set_to_none=True)
     total = torch.zeros((), device=device)
-    logged: dict[str, float] = {}
-    outputs = {}
-    for role in roles:
-        out = role.module(x)
-        loss, parts = sup_loss(out, classes, distances)
-        total = total + loss
-        logged[f"{role.name}_sup"] = float(loss.detach())
-        logged.update({f"{role.name}_{k}": float(v) for k, v in parts.items()})
-        outputs[role.name] = out
-    if len(roles) == 2:
-        u = batches["unlabelled"].batch(step)["image"].to(device, non_blocking=True).contiguous(
-            memory_format=torch.channels_last)
-        cnn_out, tr_out = roles[0].module(u), roles[1].module(u)
-        ctl, parts = ct_loss(cnn_out, tr_out)
-        lam = consistency_weight(step, cfg.steps, cfg.lambda_max)
-        total = total + lam * ctl
-        logged.update({k: float(v) for k, v in parts.items()})
+    parts_all: dict[str, torch.Tensor] = {}
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+        for role in roles:
+            # Losses in float32 whatever the forward pass ran in.
+            loss, parts = sup_loss(role.module(x).float(), classes, distances)
+            total = total + loss
+            parts_all[f"{role.name}_sup"] = loss.detach()
+            parts_all.update({f"{role.name}_{k}": v.detach() for k, v in parts.items()})
+        lam = None
+        if len(roles) == 2:
+            u = batch["unlabelled"]["image"].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            ctl, parts = ct_loss(roles[0].module(u).float(), roles[1].module(u).float())
+            lam = consistency_weight(step, total_steps, cfg.lambda_max)
+            total = total + lam * ctl
+            parts_all.update({k: torch.as_tensor(v).detach() for k, v in parts.items()})
+    # One device-to-host copy for every logged number (each float() would wait for the GPU).
+    values = torch.stack([v.float().reshape(()) for v in (*parts_all.values(), total.detach())]).tolist()
+    logged = dict(zip(parts_all, values[:-1]))
+    if lam is not None:
         logged["lambda"] = lam
-    if not torch.isfinite(total):
-        raise FloatingPointError(f"loss is {float(total)} at step {step}; stopping before the weights are ruined")
+    logged["loss"] = values[-1]  # column order as in existing logs: parts, lambda, loss, lr
+    if not math.isfinite(logged["loss"]):
+        raise FloatingPointError(f"loss is {logged['loss']} at step {step}; stopping before the weights are ruined")
     total.backward()
     for role in roles:
         role.optimizer.step()
         role.scheduler.step()
-    logged["loss"] = float(total.detach())
     logged["lr"] = roles[0].scheduler.get_last_lr()[0]
     return logged
 
@@ -416,7 +472,13 @@ def _save_best(role: Role, run_dir: Path, step: int, result: dict[str, Any]) -> 
         "val": json.dumps(result)})
 
 
-RESUME_KEEPS = ("stop_after", "checkpoint_minutes", "checkpoint_every", "threads", "num_workers")
+RESUME_KEEPS = ("stop_after", "checkpoint_minutes", "checkpoint_every", "threads", "num_workers", "device")
+
+
+def _resolve_batch(cfg: TrainConfig, on_gpu: bool) -> TrainConfig:
+    """Automatic batch sizes (0) made concrete, so that the saved settings say what ran."""
+    batch = cfg.batch_size or (32 if on_gpu else 8)
+    return dataclasses.replace(cfg, batch_size=batch, unlabelled_batch_size=cfg.unlabelled_batch_size or batch)
 
 
 def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -426,13 +488,15 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
     command line) on top; without ``overrides``, only the process-level settings in
     :data:`RESUME_KEEPS` are taken from ``cfg``.  Changing ``steps`` on resume re-plans the
     learning-rate decay for the new total (the run is then no longer identical to one planned so).
+
+    With ``time_budget`` the step count is planned from the throughput of the first steps (see
+    :mod:`crossct.train.budget`); a resumed budgeted run plans what is left of its budget.  Every
+    run writes ``time_report.json``: where the wall time went.
     """
-    dist = Distributed.setup()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    account = TimeAccount()
     run_dir = Path(cfg.run_dir)
     last = run_dir / "last.pt"
-    start_step, history = 0, []
+    start_step, history, budget_used = 0, [], 0.0
     if resume:
         if not last.exists():
             raise FileNotFoundError(f"--resume: {last} does not exist")
@@ -443,19 +507,39 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
         if overrides:
             logger.info("resuming with changed settings: %s", overrides)
         cfg = TrainConfig.from_dict({**saved.to_dict(), **overrides})
+        budget_used = float(state.get("budget_used_s", 0.0))
+    dist = Distributed.setup(cfg.device)
+    on_gpu = dist.device.type == "cuda"
+    cfg = _resolve_batch(cfg, on_gpu)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
+    amp = cfg.amp and on_gpu
     torch.manual_seed(cfg.seed)
-    roles = _roles_for(cfg, dist)
+    plan = StepPlan(cfg.steps)
+    roles = _roles_for(cfg, dist, plan)
     if resume:
         for role in roles:
             role.restore(state["roles"][role.name])
         torch.set_rng_state(state["rng"]["torch"])
         start_step, history = int(state["step"]), json.loads(state["history"])
         logger.info("resumed %s at step %d", last, start_step)
-    if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    batches, val_records = _build_data(cfg, dist)
-    val_items = load_val_items(val_records, cfg.val_max_images) if (dist.main and val_records) else []
+    budget = cfg.time_budget * 60.0 - budget_used if cfg.time_budget else None
+    if budget is not None and budget <= 0:
+        logger.warning("the time budget of %.1f min is spent (%.1f min used): nothing to do", cfg.time_budget,
+                       budget_used / 60)
+        return {r.name: {"best_score": r.best_score, "best_step": r.best_step} for r in roles}
+
+    def save_config() -> None:
+        if dist.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    save_config()
+    with account.timed("setup"):
+        batches, val_records = _build_data(cfg, dist)
+        val_items = load_val_items(val_records, cfg.val_max_images) if (dist.main and val_records) else []
     val_split = val_fingerprint(val_items)
     if resume and state.get("val_split") != val_split:
         # A best score measured on other validation images cannot be compared with new ones.
@@ -469,79 +553,154 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
     sup_loss, ct_loss = SupervisedLoss(cfg.mse_weight), CrossTeachingLoss(cfg.mse_weight)
     for role in roles:
         role.module.train()
+    from .prefetch import auto_workers, step_batches
+
+    workers = auto_workers(cfg.num_workers, on_gpu)
+    logger.info("training on %s: batch %d x %d process(es), peak lr %.2e, %s, %d loader worker(s)%s",
+                dist.device, cfg.batch_size, dist.world, scaled_lr(cfg, dist.world),
+                "bf16 autocast" if amp else "float32", workers,
+                f", time budget {budget / 60:.1f} min" if budget is not None else "")
 
     def checkpoint(step: int) -> None:
         if dist.main:
-            save_checkpoint(last, _training_state(step, roles, cfg, history, val_split))
+            with account.timed("checkpoint"):
+                save_checkpoint(last, {**_training_state(step, roles, cfg, history, val_split),
+                                       "budget_used_s": budget_used + account.elapsed})
+
+    last_validated = -1
 
     def validate(step: int) -> None:
-        if not (dist.main and val_items):
+        nonlocal last_validated
+        if not (dist.main and val_items) or step == last_validated:
             return
-        for role in roles:
-            t0 = time.perf_counter()
-            result = evaluate(role.network, role.spec, val_items, dist.device)
-            score = selection_score(result)
-            row = {"step": step, "role": role.name, "minutes": round((time.time() - started_wall) / 60 + prior_minutes, 2),
-                   "score": round(score, 4),
-                   **{f"{m}_{k}": round(v[k], 4) for m, v in result.items() for k in ("mean", "median", "source_mean")},
-                   **{f"ws_{s}": round(f, 4) for s, f in result["watershed"]["per_source"].items()},
-                   "seconds": round(time.perf_counter() - t0, 1)}
-            log.val(row)
-            history.append(row)
-            logger.info("val step %d %s: score %.4f (watershed mean %.4f, source mean %.4f; threshold mean %.4f)",
-                        step, role.name, score, result["watershed"]["mean"], result["watershed"]["source_mean"],
-                        result["threshold"]["mean"])
-            if score > role.best_score:
-                role.best_score, role.best_step = score, step
-                _save_best(role, run_dir, step, result)
+        last_validated = step
+        with account.timed("validation"):
+            for role in roles:
+                t0 = time.perf_counter()
+                result = evaluate(role.network, role.spec, val_items, dist.device, log_every=20.0)
+                score = selection_score(result)
+                ws = result["watershed"]
+                row = {"step": step, "role": role.name,
+                       "minutes": round((time.time() - started_wall) / 60 + prior_minutes, 2), "score": round(score, 4),
+                       **{f"{m}_{k}": round(v[k], 4) for m, v in result.items() for k in ("mean", "median", "source_mean")},
+                       **{f"ws_{s}": round(f, 4) for s, f in ws["per_source"].items()},
+                       "seconds": round(time.perf_counter() - t0, 1)}
+                log.val(row)
+                history.append(row)
+                logger.info("val step %d %s: score %.4f = mean of (watershed mean F1 %.4f, mean over sources %.4f); "
+                            "threshold post-processing mean F1 %.4f; %d images, %.0f s", step, role.name, score,
+                            ws["mean"], ws["source_mean"], result["threshold"]["mean"], ws["n"], row["seconds"])
+                if score > role.best_score:
+                    role.best_score, role.best_step = score, step
+                    _save_best(role, run_dir, step, result)
 
     prior_minutes = float(history[-1]["minutes"]) if history and "minutes" in history[-1] else 0.0
     started_wall = time.time()
     last_save = time.monotonic()
     steps_this_run = 0
+    planned = budget is None
+    seconds_per_step = seconds_per_val = 0.0
+    probe_start = 0.0
     progress = None
     if dist.main and sys.stderr.isatty():
         from tqdm import tqdm
 
-        progress = tqdm(total=cfg.steps, initial=start_step, unit="step", dynamic_ncols=True)
+        progress = tqdm(total=plan.total, initial=start_step, unit="step", dynamic_ncols=True)
     step = start_step
-    t_log = time.perf_counter()
+    t_log, log_step = time.perf_counter(), step
+    stream = step_batches(batches, step, workers, pin_memory=on_gpu)
+    stop_reason = None
     with StopRequest(dist) as stop:
-        while step < cfg.steps:
-            logged = train_one_step(step, roles, batches, cfg, sup_loss, ct_loss, dist.device)
+        while step < plan.total:
+            with account.timed("data"):
+                batch = next(stream)
+            with account.timed("compute"):
+                logged = train_one_step(step, roles, batch, cfg, sup_loss, ct_loss, dist.device, plan.total, amp)
             step += 1
             steps_this_run += 1
             if progress:
                 progress.update(1)
                 progress.set_postfix(loss=f"{logged['loss']:.3f}")
-            if dist.main and (step % 25 == 0 or step == cfg.steps):
+            if dist.main and (step % 25 == 0 or step == plan.total):
                 elapsed = time.perf_counter() - t_log
                 log.train({"step": step, **{k: round(v, 5) for k, v in logged.items()}})
                 if not progress:
-                    logger.info("step %d/%d loss %.4f lr %.2e (%.2f s/step)", step, cfg.steps, logged["loss"],
-                                logged["lr"], elapsed / 25)
-                t_log = time.perf_counter()
-            if cfg.val_every and step % cfg.val_every == 0 and step < cfg.steps:
+                    logger.info("step %d/%d loss %.4f lr %.2e (%.2f s/step)", step, plan.total, logged["loss"],
+                                logged["lr"], elapsed / max(1, step - log_step))
+                t_log, log_step = time.perf_counter(), step
+            if not planned:
+                if steps_this_run == PROBE_SKIP:
+                    probe_start = time.perf_counter()
+                if steps_this_run >= PROBE_SKIP + PROBE_STEPS or step >= plan.total:
+                    timed = steps_this_run - PROBE_SKIP
+                    seconds_per_step = ((time.perf_counter() - probe_start) / timed if timed > 0
+                                        else account.seconds["compute"] / steps_this_run)
+                    t0 = time.perf_counter()
+                    validate(step)
+                    seconds_per_val = time.perf_counter() - t0
+                    left = budget - account.elapsed
+                    plan.total, every = plan_steps(step, left, seconds_per_step, seconds_per_val, cfg.val_count)
+                    cfg = dataclasses.replace(cfg, steps=max(plan.total, 1), val_every=every)
+                    save_config()
+                    planned = True
+                    if progress:
+                        progress.total = plan.total
+                    logger.info("time budget: %.2f s/step, %.1f s per validation, %.1f min left -> %d steps "
+                                "(validating every %d)", seconds_per_step, seconds_per_val, left / 60, plan.total, every)
+            if cfg.val_every and step % cfg.val_every == 0 and step < plan.total:
                 validate(step)
             timed_out = time.monotonic() - last_save > cfg.checkpoint_minutes * 60
             if timed_out or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 checkpoint(step)
                 last_save = time.monotonic()
             asked = bool(cfg.stop_after) and steps_this_run >= cfg.stop_after
-            if step < cfg.steps and (asked or stop):
-                logger.info("stopping at step %d (%s); resume with --resume", step,
-                            "--stop-after" if asked else stop.received)
-                checkpoint(step)
-                dist.barrier()
-                dist.close()
-                return {"stopped_at": step}
-    validate(step)
-    checkpoint(step)
+            if step < plan.total and (asked or stop):
+                stop_reason = "--stop-after" if asked else stop.received
+                break
+            if budget is not None and planned and step < plan.total:
+                # The plan overran (a slower moment than the probe): keep the final validation's time.
+                if budget - account.elapsed < seconds_per_val + seconds_per_step + 5.0:
+                    logger.warning("time budget nearly spent at step %d of %d: stopping with a final validation",
+                                   step, plan.total)
+                    break
+    del stream  # stops the loader's workers
     if progress:
         progress.close()
+    if stop_reason:
+        logger.info("stopping at step %d (%s); resume with --resume", step, stop_reason)
+        checkpoint(step)
+        _write_time_report(account, run_dir, dist, step, steps_this_run, budget, cfg, workers, amp)
+        dist.barrier()
+        dist.close()
+        return {"stopped_at": step}
+    validate(step)
+    checkpoint(step)
     dist.barrier()
     if dist.main and not val_items:
         for role in roles:  # no validation data: the last weights are the best we know
             _save_best(role, run_dir, step, {})
+    _write_time_report(account, run_dir, dist, step, steps_this_run, budget, cfg, workers, amp)
     dist.close()
     return {r.name: {"best_score": r.best_score, "best_step": r.best_step} for r in roles}
+
+
+def _write_time_report(account: TimeAccount, run_dir: Path, dist: Distributed, step: int, steps: int,
+                       budget: float | None, cfg: TrainConfig, workers: int, amp: bool) -> None:
+    if not dist.main:
+        return
+    compute = account.seconds.get("compute", 0.0)
+    extra: dict[str, Any] = {
+        "device": str(dist.device), "processes": dist.world, "batch_size": cfg.batch_size, "loader_workers": workers,
+        "bf16_autocast": amp, "steps_this_run": steps, "final_step": step,
+        "seconds_per_step": round(compute / steps, 4) if steps else None,
+        "crops_per_second": round(steps * cfg.batch_size * dist.world / compute, 1) if compute else None,
+        "time_budget_seconds": round(budget, 1) if budget is not None else None,
+    }
+    if dist.device.type == "cuda":
+        extra["gpu"] = torch.cuda.get_device_name(dist.device)
+        extra["gpu_peak_memory_gib"] = round(torch.cuda.max_memory_allocated(dist.device) / 2**30, 2)
+    report = account.write(run_dir / "time_report.json", **extra)
+    seconds = report["seconds"]
+    logger.info("time: %.0f s wall = %s; waiting for data %.1f %% of training time",
+                report["wall_seconds"], ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
+                100 * (report["data_wait_share"] or 0.0))

@@ -318,12 +318,13 @@ class TargetCache:
         classes, distances = make_targets(read_label_file(label_path, data))
         return classes.astype(np.uint8), distances.astype(np.float16)
 
-    def get(self, label_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    def get(self, label_path: str | os.PathLike, data: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Targets of one label file, from the cache or computed and stored.
 
         Parameters
         ----------
-        label_path : instance label image.
+        label_path : instance label image (its suffix tells the format).
+        data : the file's bytes when already in memory (e.g. from a training pack).
 
         Returns
         -------
@@ -332,7 +333,7 @@ class TargetCache:
             first and a second run see identical values.
         """
         label_path = Path(label_path)
-        data = label_path.read_bytes()
+        data = label_path.read_bytes() if data is None else data
         entry = self.folder / f"{self.key(data)}.npz"
         cached = self._load(entry)
         if cached is not None:
@@ -346,7 +347,7 @@ class TargetCache:
     def ensure(self, label_path: str | os.PathLike) -> bool:
         """Compute and store the targets of ``label_path`` unless present; True if they were."""
         label_path = Path(label_path)
-        data = label_path.read_bytes()
+        data = label_path.read_bytes() if data is None else data
         entry = self.folder / f"{self.key(data)}.npz"
         if entry.is_file():
             self.hits += 1

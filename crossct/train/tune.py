@@ -78,14 +78,12 @@ def tune_postprocess(cached: list[dict[str, Any]], start, passes: int = 2,
 
 def cache_outputs(predictor, records) -> list[dict[str, Any]]:
     """Run the network once per validation image; keep outputs and labels in memory."""
-    import tifffile
-
-    from ..io import read_image
     from ..pipeline import predict_outputs
+    from .data import read_record_image, read_record_label
 
     cached = []
     for r in records:
-        cached.append({"outputs": predict_outputs(read_image(r.image), predictor), "label": tifffile.imread(r.label),
+        cached.append({"outputs": predict_outputs(read_record_image(r), predictor), "label": read_record_label(r)[0],
                        "source": r.source, "name": r.name})
     return cached
 
@@ -94,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m crossct.train.tune", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("weights", help="weights folder (model.json + model.onnx/.pt) or a checkpoint")
-    p.add_argument("--data", default=None, help="data folder with manifest.csv (default: $CROSSCT_DATA or ../shared/data)")
+    p.add_argument("--data", default=None, help="data folder with manifest.csv, or a training pack (default: $CROSSCT_DATA or ../shared/data)")
     p.add_argument("--split", default="val")
     p.add_argument("--write", action="store_true", help="store the tuned thresholds in WEIGHTS/model.json")
     args = p.parse_args(argv)
@@ -102,11 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ..config import load_spec, save_spec
     from ..predictors import load_predictor
-    from .data import read_manifest
+    from .data import data_records
     from .loops import balanced_f1, default_data_dir
 
     data = Path(args.data) if args.data else default_data_dir()
-    records = read_manifest(data / "manifest.csv", split=args.split)
+    records = data_records(data, split=args.split)
     predictor = load_predictor(args.weights)
     cached = cache_outputs(predictor, records)
     start = predictor.spec.postprocess
