@@ -14,11 +14,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .helpformat import DefaultsHelpFormatter
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m crossct.demo", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--out", default="demo", help="folder for inputs/, outputs/ and overlays/")
     p.add_argument("-w", "--weights", default=None, help="weights folder (default: the shipped weights/)")
     args = p.parse_args(argv)

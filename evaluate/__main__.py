@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from crossct.helpformat import DefaultsHelpFormatter
+
 __all__ = ["build_parser", "main", "cases_from_folder", "cases_from_manifest"]
 
 logger = logging.getLogger("evaluate")
@@ -37,7 +39,7 @@ EXIT_OK, EXIT_IMAGE_ERRORS, EXIT_USAGE = 0, 1, 2
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m evaluate`` (sub-commands ``f1`` and ``timing``)."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = DefaultsHelpFormatter
     parser = argparse.ArgumentParser(
         prog="python -m evaluate",
         description="NeurIPS 2022 CellSeg evaluation: F1 at IoU 0.5 and running time with tolerance.",
