@@ -131,7 +131,8 @@ def find_work(
         if position % world != rank:
             continue
         if len(group) > 1:
-            names = ", ".join(str(p) for p in group)
+            one_folder = len({p.parent for p in group}) == 1
+            names = ", ".join(p.name if one_folder else str(p) for p in group)
             for image in group:
                 errors.append((str(image), f"output name {name} is shared by {names}; rename the inputs"))
             continue
