@@ -7,13 +7,12 @@ An image whose estimate is over the limit is refused from its header, in millise
 file; the batch never holds two images in flight whose estimates add up to more than the limit.
 
 The estimate is built from costs measured with ``python -m benchmarks.bench_memory_image`` (peak
-RSS above the loaded model while ``run_batch`` reads, segments and writes one image, 64 x 64 to
-5000 x 5000 x 3; the table is in benchmarks/README.md, "Memory per image"), rounded up:
+RSS above the loaded model while ``run_batch`` reads, segments and writes one image, 256 x 256 to
+8000 x 8000; the table is in benchmarks/README.md, section ``bench_memory_image``), rounded up:
 
-- every image: 32 MiB (thread stacks, allocator arenas, tile buffers; measured up to 33 MiB at
-  512 x 512);
-- images up to ``block_size + 2 * block_margin`` a side (the fast path): 64 bytes a pixel
-  (measured 55-64 from 1 to 6.6 megapixels, fixed part included);
+- every image: 32 MiB (thread stacks, allocator arenas, tile buffers; measured 31 MiB at 512 x 512);
+- images up to ``block_size + 2 * block_margin`` a side (the fast path): 64 bytes a pixel more
+  (measured in all 76 MiB at 1 megapixel, 385-402 MiB at 6.6 megapixels);
 - larger images (the bounded-memory block path, :mod:`crossct.blocks`): 12 bytes a pixel for the
   label map, its relabelling and writing (measured 6-9), the canvas of blended outputs
   (``(K + 1) x 4`` bytes x ``block + 2 margins + tile`` rows x the shorter side, exact), and per
@@ -21,6 +20,8 @@ RSS above the loaded model while ``run_batch`` reads, segments and writes one im
   the image is wider than high and blocks are transposed, measured 57);
 - the overlay: 4 bytes a pixel (its 3-byte canvas; drawn after post-processing has freed more,
   it did not raise the measured peak).
+
+The estimates came out 1.17 to 1.52 times the measured peaks from 1 megapixel up.
 """
 
 from __future__ import annotations

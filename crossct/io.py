@@ -45,7 +45,8 @@ IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
 # What one image may cost, in bytes, unless the caller says otherwise: read_image refuses files
 # whose decoded array alone is larger, and the batch (crossct.budget) also counts the memory
 # segmenting takes.  3 GiB keeps a 2-core / 8 GB laptop responsive and still takes a 100-megapixel
-# slide (about 2.2 GiB with its working memory, benchmarks/README.md "Memory per image").
+# slide (estimated 2.4 GiB with its working memory; the 64-megapixel one measured 1.4 GiB,
+# benchmarks/README.md, bench_memory_image).
 DEFAULT_MEMORY_LIMIT = 3 * 2**30
 # TIFF segments (strips, tiles) decoded at once; each needs its own buffer.
 TIFF_DECODE_WORKERS = 4
