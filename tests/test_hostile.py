@@ -274,7 +274,7 @@ def test_bit_depth_channels_and_pages_are_counted(tmp_path):
     tifffile.imwrite(tmp_path / "gray8.tif", np.zeros((64, 64), np.uint8))
     tifffile.imwrite(tmp_path / "rgb16.tif", np.zeros((64, 64, 3), np.uint16), photometric="rgb")
     tifffile.imwrite(tmp_path / "f64.tif", np.zeros((64, 64), np.float64))
-    tifffile.imwrite(tmp_path / "pages.tif", np.zeros((4, 64, 64), np.uint8))
+    tifffile.imwrite(tmp_path / "pages.tif", np.zeros((4, 64, 64), np.uint8), photometric="minisblack")
     tifffile.imwrite(tmp_path / "tiled.tif", np.zeros((64, 64), np.uint8), tile=(32, 32), compression="zlib")
     cases = {"gray8.tif": (1, "uint8"), "rgb16.tif": (3, "uint16"), "f64.tif": (1, "float64"), "pages.tif": (4, "uint8")}
     for name, (channels, dtype) in cases.items():
