@@ -46,7 +46,10 @@ def resolve_inputs(inputs: Sequence[str | os.PathLike]) -> list[Path]:
         text = os.fspath(item)
         path = Path(text)
         if path.is_dir():
-            found += list_images(path)
+            try:
+                found += list_images(path)
+            except OSError as exc:
+                raise InputError(f"cannot list the input folder {text} ({exc.strerror or exc})") from None
         elif path.exists() or path.is_symlink():  # a file, or something to report (FIFO, device, broken link)
             found.append(path)
         elif _GLOB_CHARS & set(text):
