@@ -1,13 +1,15 @@
-"""``predict.py`` / ``crossct-predict``: a folder of images in, one ``<stem>_label.tiff`` per image out.
+"""``predict.py`` / ``crossct-predict``: images in, one ``<stem>_label.tiff`` per image out.
 
 Arguments are parsed before anything heavy is imported, so ``--help`` is instant.
-Exit codes: 0 every image written, 1 some images failed (the rest were written), 2 nothing could
-be done (bad arguments, missing input folder, unwritable output folder, no weights).
+Exit codes: 0 every image written; 1 some images failed (the rest were written); 2 nothing could
+be done (bad arguments or environment, an input that does not exist, no images found, unwritable
+output folder, missing or invalid weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
@@ -22,20 +24,26 @@ __all__ = ["main", "build_parser"]
 
 logger = logging.getLogger("crossct.predict")
 
+IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")  # as crossct.io, without importing NumPy
+
 EXIT_OK, EXIT_SOME_FAILED, EXIT_FATAL = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .helpformat import DefaultsHelpFormatter
+
     p = argparse.ArgumentParser(
-        prog="predict.py",
         description=(
-            "Segment every image in a folder (png, bmp, jpg, tif; gray, RGB, 8/16-bit, float) and write "
-            "one instance-label TIFF per image: <stem>_label.tiff, 0 = background, 1..N = cells, "
-            "uint16 (uint32 above 65535 cells), zlib-compressed."
+            "Segment images (png, bmp, jpg, tif; gray, RGB, 8/16-bit, float) and write one instance-label "
+            "TIFF per image: <stem>_label.tiff, 0 = background, 1..N = cells, uint16 (uint32 above 65535 "
+            "cells), zlib-compressed. Exit code 0: all written; 1: some images failed (named on stderr); "
+            "2: nothing could be done (no images found, bad weights, ...)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
-    p.add_argument("-i", "--input", default="/inputs", help="folder of images (sub-folders and hidden files are skipped)")
+    p.add_argument("-i", "--input", nargs="+", default=["/inputs"], metavar="PATH",
+                   help="folders of images (sub-folders and hidden files are skipped), image files, or glob "
+                        "patterns such as 'data/*.tif' (default: /inputs)")
     p.add_argument("-o", "--output", default="/outputs", help="folder for the label TIFFs (created if missing)")
     p.add_argument("-w", "--weights", default=None,
                    help="weights folder (model.json + model.onnx/.pt) or a model file; "
@@ -47,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--postprocess", choices=["watershed", "threshold"], default=None,
                    help="override the weights' post-processing (threshold = the organisers' interior > 0.5)")
     p.add_argument("--overlay", metavar="DIR", default=None, help="also write PNG previews with cell outlines here")
-    p.add_argument("--skip-existing", action="store_true", help="skip images whose label file already exists (resume)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip images whose label file (and overlay, with --overlay) already exists (resume)")
+    p.add_argument("--max-memory", metavar="SIZE", default=None,
+                   help="most memory one image may need (decoded image + segmentation, estimated from its header; "
+                        "larger files are refused before decoding), e.g. 16G for whole slides; "
+                        "default: $CROSSCT_MAX_MEMORY, else 3G")
     add_report_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the summary")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -58,70 +71,106 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
                         stream=sys.stderr)
+    # tifffile logs an error per page about malformed tags (400 lines for a 200-page bomb); our own
+    # FAILED line names the file and the reason.  -v shows them.
+    logging.getLogger("tifffile").setLevel(logging.DEBUG if verbose else logging.CRITICAL)
 
 
-def _check_folders(args: argparse.Namespace) -> str | None:
-    """A message when the input or output folder is unusable, else None."""
-    inp, out = Path(args.input), Path(args.output)
-    if not inp.exists():
-        return f"input folder {inp} does not exist"
-    if not inp.is_dir():
-        return f"input {inp} is not a folder"
-    folders = [out] + ([Path(args.overlay)] if args.overlay else [])
+def _check_output_folders(args: argparse.Namespace) -> str | None:
+    """A message when the output (or overlay) folder cannot be created or written, else None."""
+    import tempfile
+
+    folders = [Path(args.output)] + ([Path(args.overlay)] if args.overlay else [])
     for folder in folders:
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / f".crossct-write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            # A unique probe: processes with the same pid (containers) may share the folder.
+            fd, probe = tempfile.mkstemp(prefix=".crossct-write-test-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
         except OSError as exc:
             return f"output folder {folder} is not writable ({exc.strerror or exc})"
     return None
 
 
-def _progress(items, enabled: bool):
-    if enabled and sys.stderr.isatty():
-        from tqdm import tqdm
+def _memory_limit(value: str | None) -> int:
+    from .budget import DEFAULT_MEMORY_LIMIT, parse_memory
 
-        return tqdm(items, unit="img", dynamic_ncols=True)
-    return items
+    if value is not None:
+        return parse_memory(value)
+    env = os.environ.get("CROSSCT_MAX_MEMORY", "").strip()
+    if env:
+        try:
+            return parse_memory(env)
+        except ValueError as exc:
+            raise ValueError(f"environment variable CROSSCT_MAX_MEMORY: {exc}") from None
+    return DEFAULT_MEMORY_LIMIT
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool):
+    """A progress bar over the work list when stderr is a terminal, with log records printed above
+    it (never across it); a plain pass-through otherwise."""
+    if not (enabled and sys.stderr.isatty()):
+        yield lambda items: items
+        return
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(loggers=[logging.getLogger()]):
+        yield lambda items: tqdm(items, unit="img", dynamic_ncols=True, leave=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.quiet, args.verbose)
-    problem = _check_folders(args)
-    if problem:
-        logger.error(problem)
+    try:
+        return _run(args)
+    except _Fatal as exc:
+        logger.error("%s", exc)
         return EXIT_FATAL
 
-    from .batch import find_work, run_batch, shard_from_env
-    from .predictors import WeightsError, load_predictor
+
+class _Fatal(Exception):
+    """Nothing can be done: one message, exit code 2, no traceback."""
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .batch import find_work, run_batch
+    from .budget import MemoryBudget
+    from .env import EnvError, shard_from_env
+    from .inputs import InputError, resolve_inputs
+
     from .reports import ReportOptionError, reports_from_args
 
-    rank, world = shard_from_env()
     try:
+        budget = MemoryBudget(_memory_limit(args.max_memory))
+        rank, world = shard_from_env()
+        images = resolve_inputs(args.input)
         reports = reports_from_args(args, rank, world)
-    except ReportOptionError as exc:
-        logger.error("%s", exc)
+    except (EnvError, InputError, ReportOptionError, ValueError) as exc:
+        raise _Fatal(str(exc)) from None
+    problem = _check_output_folders(args)
+    if problem:
+        raise _Fatal(problem)
+    overlay_dir = Path(args.overlay) if args.overlay else None
+    work, errors, skipped = find_work(images, Path(args.output), skip_existing=args.skip_existing,
+                                      rank=rank, world=world, overlay_dir=overlay_dir)
+    if not (work or errors or skipped) and (world == 1 or not images):
+        logger.warning("no images found in %s: nothing to segment (images are %s files; hidden files and "
+                       "sub-folders are skipped)", " ".join(args.input), ", ".join(IMAGE_EXTENSIONS))
         return EXIT_FATAL
-    work, errors, skipped = find_work(Path(args.input), Path(args.output), skip_existing=args.skip_existing,
-                                      rank=rank, world=world)
     if world > 1:
         logger.info("process %d of %d: %d image(s) in this share", rank, world, len(work))
-    try:
-        predictor = load_predictor(args.weights, backend=args.backend, device=args.device)
-    except (WeightsError, ValueError) as exc:
-        logger.error("%s", exc)
-        return EXIT_FATAL
+    predictor = _load_predictor(args)
     spec = predictor.spec
     if args.postprocess:
         spec = spec.replace(postprocess=dataclasses.replace(spec.postprocess, method=args.postprocess))
 
     start = time.perf_counter()
-    summary = run_batch(work, predictor, spec, overlay_dir=Path(args.overlay) if args.overlay else None,
-                        progress=lambda items: _progress(items, not args.quiet),
-                        on_labels=reports.add if reports else None)
+    with _progress(not args.quiet) as progress:
+        summary = run_batch(work, predictor, spec, progress=progress, budget=budget,
+                            on_labels=reports.add if reports else None)
     summary.failed.extend(errors)
     if reports:
         summary.failed.extend(reports.finish(summary.failed))
@@ -129,12 +178,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - start
     for name, reason in summary.failed:
         logger.error("FAILED %s: %s", name, reason)
+    overlays = f", {summary.overlays_only} overlay(s) made from existing labels" if summary.overlays_only else ""
     print(
-        f"crossct: {summary.done} image(s) segmented, {len(summary.failed)} failed, {summary.skipped} skipped, "
-        f"{summary.cells} cells, {elapsed:.1f} s ({predictor.description})",
+        f"crossct: {summary.done} image(s) segmented, {len(summary.failed)} failed, {summary.skipped} skipped"
+        f"{overlays}, {summary.cells} cells, {elapsed:.1f} s ({predictor.description})",
         file=sys.stderr,
     )
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+
+
+def _load_predictor(args: argparse.Namespace):
+    from .predictors import load_predictor
+
+    try:
+        return load_predictor(args.weights, backend=args.backend, device=args.device)
+    except Exception as exc:  # noqa: BLE001 - any failure to load weights is fatal: one line, exit 2
+        logger.debug("traceback", exc_info=exc)
+        message = str(exc) if isinstance(exc, (ValueError, RuntimeError, OSError)) else f"{type(exc).__name__}: {exc}"
+        raise _Fatal(message) from None
 
 
 if __name__ == "__main__":

@@ -13,9 +13,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
+
+from .schema import Checked, SpecError, from_dict, setting
 
 __all__ = [
     "OUTPUT_CHANNELS",
@@ -24,6 +27,8 @@ __all__ = [
     "PostprocessConfig",
     "ModelConfig",
     "ModelSpec",
+    "NETWORK_ARGUMENTS",
+    "SpecError",
     "UNET_PAPER",
     "SWIN_UNETR_PAPER",
     "load_spec",
@@ -38,56 +43,42 @@ Blending = Literal["gaussian", "constant"]
 PostMethod = Literal["watershed", "threshold"]
 
 
-def _check_choice(name: str, value: Any, literal: Any) -> None:
-    choices = get_args(literal)
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {list(choices)}")
-
-
 @dataclass(frozen=True)
-class NormalizeConfig:
+class NormalizeConfig(Checked):
     """Per-channel percentile normalisation (the organisers' rule, see :mod:`crossct.normalize`)."""
 
-    lower_percentile: float = 1.0
-    upper_percentile: float = 99.0
+    lower_percentile: float = setting(1.0, ge=0, le=100)
+    upper_percentile: float = setting(99.0, ge=0, le=100)
     # A channel whose percentile range is narrower than this is left unscaled (organisers: 0.001).
-    min_range: float = 1e-3
+    min_range: float = setting(1e-3, ge=0)
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.lower_percentile < self.upper_percentile <= 100:
-            raise ValueError(
-                f"percentiles must satisfy 0 <= lower < upper <= 100, got "
-                f"({self.lower_percentile}, {self.upper_percentile})"
-            )
+    def _check(self) -> None:
+        if not self.lower_percentile < self.upper_percentile:
+            raise SpecError("upper_percentile", f"percentiles must satisfy 0 <= lower < upper <= 100, got "
+                                                f"({self.lower_percentile}, {self.upper_percentile})")
 
 
 @dataclass(frozen=True)
-class TilingConfig:
+class TilingConfig(Checked):
     """Sliding-window settings."""
 
-    tile_size: int = 256
-    overlap: float = 0.25  # fraction of the tile shared with each neighbour
+    tile_size: int = setting(256, ge=16, le=4096, multiple_of=16)
+    # Fraction of the tile shared with each neighbour.
+    overlap: float = setting(0.25, ge=0, le=0.9, why="tiles per pixel grow as 1 / (1 - overlap)^2: 100 at 0.9")
     blending: Blending = "gaussian"
-    sigma_scale: float = 0.125  # Gaussian sigma as a fraction of the tile size
-    batch_size: int = 8  # tiles per network call on a GPU
+    sigma_scale: float = setting(0.125, gt=0, le=10)  # Gaussian sigma as a fraction of the tile size
+    batch_size: int = setting(8, ge=1, le=1024)  # tiles per network call on a GPU
     # ... and per call on a CPU, where small batches stay in cache (one call per core runs at
     # once, see crossct.predictors.cpu_calls_and_threads): 1 and 2 tiles per call measure the same.
-    cpu_batch_size: int = 2
+    cpu_batch_size: int = setting(2, ge=1, le=1024)
     # Images larger than block_size + 2 * block_margin on a side are segmented block by block
     # (bounded memory on whole slides); the margin gives each block's cells their full extent.
-    block_size: int = 2048
-    block_margin: int = 256
+    block_size: int = setting(2048, ge=16, le=65536)
+    block_margin: int = setting(256, ge=0, le=65536)
 
-    def __post_init__(self) -> None:
-        _check_choice("blending", self.blending, Blending)
-        if self.block_size < self.tile_size or self.block_margin < 0:
-            raise ValueError(f"block_size={self.block_size} must be >= tile_size and block_margin >= 0")
-        if self.tile_size < 16 or self.tile_size % 16:
-            raise ValueError(f"tile_size={self.tile_size} must be a multiple of 16 and >= 16")
-        if not 0 <= self.overlap < 1:
-            raise ValueError(f"overlap={self.overlap} must be in [0, 1)")
-        if self.batch_size < 1 or self.cpu_batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} and cpu_batch_size={self.cpu_batch_size} must be >= 1")
+    def _check(self) -> None:
+        if self.block_size < self.tile_size:
+            raise SpecError("block_size", f"{self.block_size} must be >= tile_size ({self.tile_size})")
 
     @property
     def stride(self) -> int:
@@ -95,37 +86,106 @@ class TilingConfig:
 
 
 @dataclass(frozen=True)
-class PostprocessConfig:
+class PostprocessConfig(Checked):
     """Network outputs -> instance labels (see :mod:`crossct.postprocess`).
 
     ``watershed``: seeds where ``cell_distance - neighbor_distance**2 > seed_threshold``,
     flooded over ``-cell_distance`` inside the mask ``P(interior)+P(boundary) > mask_threshold``.
     ``threshold``: the organisers' ``P(interior) > interior_threshold`` + connected components.
+    Thresholds are in [0, 1): the maps they cut are in [0, 1], so 1 or more would find nothing.
     """
 
     method: PostMethod = "watershed"
-    seed_threshold: float = 0.5
-    mask_threshold: float = 0.5
-    smooth_sigma: float = 1.0  # Gaussian on the cell-distance map before seeding (0 = off)
-    min_seed_size: int = 3
-    min_size: int = 16  # objects smaller than this (pixels) are removed
-    interior_threshold: float = 0.5
+    seed_threshold: float = setting(0.5, ge=0, lt=1)
+    mask_threshold: float = setting(0.5, ge=0, lt=1)
+    smooth_sigma: float = setting(1.0, ge=0, le=16)  # Gaussian on the cell-distance map before seeding (0 = off)
+    min_seed_size: int = setting(3, ge=0)
+    min_size: int = setting(16, ge=0)  # objects smaller than this (pixels) are removed
+    interior_threshold: float = setting(0.5, ge=0, lt=1)
 
-    def __post_init__(self) -> None:
-        _check_choice("method", self.method, PostMethod)
-        if self.min_size < 0 or self.min_seed_size < 0:
-            raise ValueError("min_size and min_seed_size must be >= 0")
+
+# ----------------------------------------------------------------------------- network arguments
+# The constructor arguments each architecture may take in model.json (MONAI's names; the network
+# is built from them by crossct.nets).  The pipeline feeds 3 channels and reads 5 outputs, in 2-D.
+_Sizes = tuple[int, ...]
+
+
+def _positive_sizes(n_min: int, n_max: int, largest: int) -> Any:
+    def check(values: tuple) -> str | None:
+        if not n_min <= len(values) <= n_max:
+            return f"must hold {n_min} to {n_max} values"
+        if not all(1 <= v <= largest for v in values):
+            return f"values must be in [1, {largest}]"
+        return None
+
+    return check
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class UNetArguments(Checked):
+    """MONAI ``UNet`` (``monai.networks.nets.UNet``)."""
+
+    spatial_dims: Literal[2]
+    in_channels: Literal[3]
+    out_channels: Literal[5]
+    channels: _Sizes = setting(check=_positive_sizes(2, 8, 4096))
+    strides: _Sizes = setting(check=_positive_sizes(1, 7, 4))
+    kernel_size: int | _Sizes = 3
+    up_kernel_size: int | _Sizes = 3
+    num_res_units: int = setting(0, ge=0, le=8)
+    act: str | list[Any] = "PRELU"  # a name, or [name, {arguments}]
+    norm: str | list[Any] = "INSTANCE"
+    dropout: float = setting(0.0, ge=0, lt=1)
+    bias: bool = True
+    adn_ordering: str = "NDA"
+
+    def _check(self) -> None:
+        if len(self.strides) != len(self.channels) - 1:
+            raise SpecError("strides", f"{list(self.strides)} must hold one stride fewer than channels "
+                                       f"{list(self.channels)}")
+
+
+@dataclass(frozen=True)
+class SwinUNETRArguments(Checked):
+    """MONAI ``SwinUNETR`` (``monai.networks.nets.SwinUNETR``)."""
+
+    spatial_dims: Literal[2]
+    in_channels: Literal[3]
+    out_channels: Literal[5]
+    feature_size: int = setting(24, ge=12, le=768, multiple_of=12)
+    patch_size: int = setting(2, ge=1, le=16)
+    depths: _Sizes = setting((2, 2, 2, 2), check=_positive_sizes(4, 4, 64))
+    num_heads: _Sizes = setting((3, 6, 12, 24), check=_positive_sizes(4, 4, 256))
+    window_size: int | _Sizes = 7
+    qkv_bias: bool = True
+    mlp_ratio: float = setting(4.0, gt=0, le=64)
+    norm_name: str | list[Any] = "instance"
+    drop_rate: float = setting(0.0, ge=0, lt=1)
+    attn_drop_rate: float = setting(0.0, ge=0, lt=1)
+    dropout_path_rate: float = setting(0.0, ge=0, lt=1)
+    normalize: bool = True
+    patch_norm: bool = False
+    use_checkpoint: bool = False
+    downsample: str = "merging"
+    use_v2: bool = False
+
+
+# Architecture name -> the arguments it takes; crossct.nets builds each (tests check both agree).
+NETWORK_ARGUMENTS: dict[str, type] = {"unet": UNetArguments, "swin_unetr": SwinUNETRArguments}
+
+
+@dataclass(frozen=True)
+class ModelConfig(Checked):
     """The architecture: a registered name plus its constructor arguments (see :mod:`crossct.nets`)."""
 
-    arch: Architecture = "unet"
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    arch: Architecture = setting("unet", required=True)
+    kwargs: dict[str, Any] = setting({}, required=True)
 
-    def __post_init__(self) -> None:
-        _check_choice("arch", self.arch, Architecture)
+    def _check(self) -> None:
+        try:
+            from_dict(NETWORK_ARGUMENTS[self.arch], self.kwargs)
+        except SpecError as exc:
+            raise exc.under("kwargs") from None
 
 
 UNET_PAPER = ModelConfig(
@@ -144,32 +204,42 @@ SWIN_UNETR_PAPER = ModelConfig(
     {"spatial_dims": 2, "in_channels": 3, "out_channels": 5, "feature_size": 24},
 )
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _checksums_problem(checksums: dict[str, str]) -> str | None:
+    for name, digest in checksums.items():
+        if not name or "/" in name or "\\" in name or name in (".", ".."):
+            return f"key {name!r} must be a file name beside model.json"
+        if not _SHA256.fullmatch(digest):
+            return f"key {name!r} must map to a sha256 (64 lowercase hex digits), got {digest!r}"
+    return None
+
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """Architecture + every inference setting; the one object that travels with the weights."""
+class ModelSpec(Checked):
+    """Architecture + every inference setting; the one object that travels with the weights.
 
-    model: ModelConfig = UNET_PAPER
+    In JSON only ``model`` is required; a missing section takes its defaults.
+    """
+
+    model: ModelConfig = setting(UNET_PAPER, required=True)
     normalize: NormalizeConfig = NormalizeConfig()
     tiling: TilingConfig = TilingConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
     output_channels: tuple[str, ...] = OUTPUT_CHANNELS
     # sha256 of the weight files this spec belongs to, by file name; verified at load.
-    checksums: dict[str, str] = field(default_factory=dict)
+    checksums: dict[str, str] = setting({}, check=_checksums_problem)
     metadata: dict[str, Any] = field(default_factory=dict)
-    format_version: int = SPEC_FORMAT_VERSION
+    format_version: int = setting(SPEC_FORMAT_VERSION, ge=1)
 
-    def __post_init__(self) -> None:
+    def _check(self) -> None:
         if tuple(self.output_channels) != OUTPUT_CHANNELS:
-            raise ValueError(
-                f"output_channels {list(self.output_channels)} differ from the order this code "
-                f"understands {list(OUTPUT_CHANNELS)}"
-            )
+            raise SpecError("output_channels", f"{list(self.output_channels)} differ from the order this code "
+                                               f"understands {list(OUTPUT_CHANNELS)}")
         if self.format_version > SPEC_FORMAT_VERSION:
-            raise ValueError(
-                f"spec format_version {self.format_version} is newer than this crossct "
-                f"understands ({SPEC_FORMAT_VERSION}); upgrade crossct"
-            )
+            raise SpecError("format_version", f"{self.format_version} is newer than this crossct understands "
+                                              f"({SPEC_FORMAT_VERSION}); upgrade crossct")
 
     def replace(self, **sections: Any) -> "ModelSpec":
         """A copy with whole sections or fields replaced, e.g. ``replace(postprocess=...)``."""
@@ -182,35 +252,8 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
-        d = dict(d)
-        sections = {
-            "model": ModelConfig,
-            "normalize": NormalizeConfig,
-            "tiling": TilingConfig,
-            "postprocess": PostprocessConfig,
-        }
-        kwargs: dict[str, Any] = {}
-        for name, klass in sections.items():
-            if name in d:
-                kwargs[name] = _build(klass, d.pop(name), name)
-        if "output_channels" in d:
-            kwargs["output_channels"] = tuple(d.pop("output_channels"))
-        for name in ("checksums", "metadata", "format_version"):
-            if name in d:
-                kwargs[name] = d.pop(name)
-        if d:
-            raise ValueError(f"unknown keys in model spec: {sorted(d)}")
-        return cls(**kwargs)
-
-
-def _build(klass: type, values: dict[str, Any], section: str) -> Any:
-    if not isinstance(values, dict):
-        raise ValueError(f"spec section {section!r} must be an object, got {type(values).__name__}")
-    known = {f.name for f in dataclasses.fields(klass)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown keys in spec section {section!r}: {sorted(unknown)}; valid: {sorted(known)}")
-    return klass(**values)
+        """Build from parsed JSON; raises :class:`SpecError` naming the first invalid key."""
+        return from_dict(cls, d)
 
 
 def save_spec(spec: ModelSpec, path: str | os.PathLike) -> None:
@@ -222,10 +265,22 @@ def save_spec(spec: ModelSpec, path: str | os.PathLike) -> None:
 
 
 def load_spec(path: str | os.PathLike) -> ModelSpec:
-    """Read a :class:`ModelSpec` from JSON, with errors that name the file."""
+    """Read a :class:`ModelSpec` from JSON, with errors that name the file and the key."""
     path = Path(path)
+    problem = "not a valid CrossCT model spec"
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{path}: {problem}: cannot read it ({exc.strerror or exc})") from None
+    except ValueError as exc:  # not UTF-8
+        raise ValueError(f"{path}: {problem}: not a text file ({exc})") from None
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"{path}: {problem}: nested too deeply to be a model spec") from None
+    except ValueError as exc:
+        raise ValueError(f"{path}: {problem}: not JSON ({exc})") from None
+    try:
         return ModelSpec.from_dict(data)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ValueError(f"{path}: not a valid CrossCT model spec: {exc}") from exc
+    except SpecError as exc:
+        raise ValueError(f"{path}: {problem}: {exc}") from exc

@@ -17,6 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .helpformat import DefaultsHelpFormatter
+
 __all__ = ["DEMO_IMAGES", "demo_image", "main"]
 
 DEMO_IMAGES = ("ihc", "synthetic_nuclei")
@@ -58,7 +60,7 @@ def write_example_images(folder: Path) -> list[Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m crossct.demo", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("--out", default="demo", help="folder for inputs/, outputs/ and overlays/")
     p.add_argument("-w", "--weights", default=None, help="weights folder (default: the shipped weights/)")
     p.add_argument("--images-only", action="store_true", help="write the example images to OUT/inputs and stop")

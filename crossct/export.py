@@ -3,7 +3,9 @@
 ``python -m crossct.export CHECKPOINT OUT_DIR`` exports the network (wrapped to output class
 probabilities + distance maps) to ONNX with dynamic batch, height and width, writes a slim PyTorch
 checkpoint beside it, and checks ONNX Runtime against PyTorch on random inputs (max abs diff
-under 1e-4) before writing the JSON that makes the folder loadable.
+under 1e-4) before writing the JSON that makes the folder loadable.  CHECKPOINT is a ``best_*.pt``
+or a run's ``last.pt`` (``--role`` picks the network of a cross-teaching run); a folder that holds
+weights already is only replaced with ``--force``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["export_weights", "export_onnx", "check_onnx_matches_torch", "tiny_spec", "main"]
+from .helpformat import DefaultsHelpFormatter
+
+__all__ = ["export_weights", "export_into", "weights_from_checkpoint", "export_onnx", "check_onnx_matches_torch",
+           "tiny_spec", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -133,15 +138,107 @@ def apply_settings(spec, settings: Sequence[str]):
     return ModelSpec.from_dict(d)
 
 
+def weights_from_checkpoint(ckpt: dict[str, Any], path: Path, role: str | None = None) -> tuple[dict, Any, dict]:
+    """(state_dict, spec, facts) from a crossct checkpoint: a slim ``best_<role>.pt`` / ``model.pt``
+    (``{"model" or "state_dict", "spec"}``) or a training state such as ``last.pt`` (``{"roles":
+    {name: {"model", "spec", ...}}}``), whose network ``role`` (default: the only, else the first)
+    is taken.  ``facts`` say where the weights came from (for the model card)."""
+    from .config import ModelSpec
+
+    facts: dict[str, Any] = {"checkpoint": str(path)}
+    if isinstance(ckpt.get("roles"), dict) and ckpt["roles"]:
+        roles = ckpt["roles"]
+        if role is None:
+            role = next(iter(roles))
+            if len(roles) > 1:
+                logger.info("%s holds %s; exporting %r (choose with --role)", path, sorted(roles), role)
+        elif role not in roles:
+            raise ValueError(f"{path}: no role {role!r} in this training state; it holds {sorted(roles)}")
+        entry = roles[role]
+        facts.update(role=role, step=ckpt.get("step"))
+    else:
+        if role is not None:
+            logger.info("%s holds one network; --role %s ignored", path, role)
+        entry = ckpt
+        facts.update(step=ckpt.get("step"))
+    weights = entry.get("model", entry.get("state_dict")) if isinstance(entry, dict) else None
+    if not isinstance(weights, dict) or "spec" not in entry:
+        raise ValueError(f"{path}: not a crossct checkpoint (expected 'model' and 'spec', or a training state "
+                         f"with 'roles'); it holds {sorted(map(str, ckpt))[:8]}")
+    return weights, ModelSpec.from_dict(entry["spec"]), facts
+
+
+def _refuse_existing(out: Path, force: bool) -> list[str]:
+    """The weight files already in ``out``; raises FileExistsError when there are any and not ``force``."""
+    from .predictors import ONNX_NAME, SPEC_NAME, TORCH_NAME
+
+    existing = [name for name in (SPEC_NAME, ONNX_NAME, TORCH_NAME) if (out / name).exists()]
+    if existing and not force:
+        raise FileExistsError(f"{out} already holds weights ({', '.join(existing)}); refusing to overwrite them. "
+                              "Export into a new folder, or pass --force to replace them")
+    return existing
+
+
+def export_into(state_dict: dict[str, Any], spec, out_dir: str | os.PathLike, force: bool = False,
+                facts: dict[str, Any] | None = None):
+    """:func:`export_weights` into ``out_dir`` without ever leaving it half-replaced.
+
+    A folder that already holds weights is refused unless ``force``.  The files are exported and
+    checked in a hidden folder inside ``out_dir`` first, then moved in (``model.json`` last), so a
+    failed export leaves the old weights as they were.  When weights are replaced, a
+    ``MODEL_CARD.md`` describing the old ones is moved to ``MODEL_CARD.previous.md`` and a new card
+    says where these came from, so no card describes another model.
+    """
+    import shutil
+    import tempfile
+
+    from .predictors import ONNX_NAME, SPEC_NAME, TORCH_NAME
+
+    out = Path(out_dir)
+    existing = _refuse_existing(out, force)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
+    try:
+        spec = export_weights(state_dict, spec, staging)
+        for name in (ONNX_NAME, TORCH_NAME, SPEC_NAME):  # model.json last: it makes the folder loadable
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    card = out / "MODEL_CARD.md"
+    if existing and card.exists():
+        previous = out / "MODEL_CARD.previous.md"
+        os.replace(card, previous)
+        others = sorted(p.name for p in out.iterdir() if p.name not in
+                        {ONNX_NAME, TORCH_NAME, SPEC_NAME, card.name, previous.name} and not p.name.startswith("."))
+        facts = facts or {}
+        source = ", ".join(f"{k} {v}" for k, v in facts.items() if v is not None and k != "checkpoint")
+        card.write_text(
+            "# Model card\n\n"
+            f"These weights ({spec.model.arch}) were exported from `{facts.get('checkpoint', 'a checkpoint')}`"
+            f"{f' ({source})' if source else ''} with `python -m crossct.export --force`. They replace the weights "
+            f"that `{previous.name}` describes; that card does not describe these"
+            + (f", nor do the other files here ({', '.join(others)})" if others else "") + ".\n\n"
+            "Before sharing them, say here what data the network was trained on, how it scores "
+            "(`python -m evaluate f1`), and what it is for.\n"
+        )
+        logger.info("moved the old model card to %s and wrote a new %s", previous, card)
+    return spec
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m crossct.export",
         description="Export a crossct checkpoint to a weights folder (model.onnx, model.pt, model.json).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("paths", nargs="+", metavar="CHECKPOINT OUT_DIR",
-                   help="training checkpoint (.pt holding 'model' and 'spec') and the folder to write the weights into; "
-                        "only OUT_DIR with --tiny-untrained")
+                   help="a training checkpoint (best_<role>.pt, or last.pt: the newest state of a run) and the "
+                        "folder to write the weights into; only OUT_DIR with --tiny-untrained")
+    p.add_argument("--role", default=None,
+                   help="which network of a training state to export (cross-teaching: cnn or transformer); "
+                        "default: the only, else the first")
+    p.add_argument("--force", action="store_true",
+                   help="replace the weights already in OUT_DIR (their MODEL_CARD.md is kept as MODEL_CARD.previous.md)")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="change an inference setting stored with the weights, e.g. tiling.batch_size=16 or "
                         "postprocess.seed_threshold=0.4 (sections: normalize, tiling, postprocess); repeatable")
@@ -157,29 +254,39 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; exit code 0 when the weights were written, 2 (one line, no traceback) when not."""
     args = _parse(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        spec, out = _export(args)
+    except (OSError, ValueError, RuntimeError) as exc:
+        logger.debug("traceback", exc_info=exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}: {', '.join(sorted(spec.checksums))} + model.json "
+          f"(ONNX vs PyTorch max abs diff {spec.metadata['onnx_max_abs_diff']:.2e})")
+    return 0
+
+
+def _export(args: argparse.Namespace):
     import torch
 
-    from .config import ModelSpec
     from .nets import build_network
 
+    out = Path(args.out_dir)
+    _refuse_existing(out, args.force)  # before the slow part
     if args.tiny_untrained:
         torch.manual_seed(args.seed)
         spec = tiny_spec()
-        state = build_network(spec.model).state_dict()
+        state, facts = build_network(spec.model).state_dict(), {"checkpoint": "a tiny untrained U-Net"}
     else:
         from .train.checkpoint import load_checkpoint
 
-        ckpt = load_checkpoint(args.checkpoint)
-        spec = ModelSpec.from_dict(ckpt["spec"])
-        state = ckpt.get("model", ckpt.get("state_dict"))
+        state, spec, facts = weights_from_checkpoint(load_checkpoint(args.checkpoint), Path(args.checkpoint),
+                                                     args.role)
     if args.settings:
         spec = apply_settings(spec, args.settings)
-    spec = export_weights(state, spec, args.out_dir)
-    print(f"wrote {args.out_dir}: {', '.join(sorted(spec.checksums))} + model.json "
-          f"(ONNX vs PyTorch max abs diff {spec.metadata['onnx_max_abs_diff']:.2e})")
-    return 0
+    return export_into(state, spec, out, force=args.force, facts=facts), out
 
 
 if __name__ == "__main__":

@@ -1,15 +1,21 @@
 """Reading microscopy images and writing instance labels.
 
-``read_image`` returns every supported file as an ``(H, W, C)`` array in its own dtype;
-``write_labels`` writes a zlib TIFF atomically (temporary file + rename), so an interrupted
-run never leaves a truncated label file behind.
+``read_header`` says what a file declares (format, size, channels, bytes per sample) without
+decoding a pixel; ``read_image`` refuses a file whose decoded array would exceed a memory limit
+before decoding it (a 600-byte JPEG can declare 30000 x 30000 pixels), then returns it as an
+``(H, W, C)`` array in its own dtype.  The format is told from the file's content, not its name.
+``write_labels`` writes a zlib TIFF atomically (temporary file + rename), so an interrupted run
+never leaves a truncated label file behind.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
+import stat
 import struct
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO, Callable
 
@@ -17,12 +23,17 @@ import numpy as np
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "DEFAULT_MEMORY_LIMIT",
     "ImageReadError",
-    "MAX_PIXELS",
+    "ImageHeader",
+    "read_header",
     "read_image",
     "image_shape",
+    "format_bytes",
     "write_labels",
     "write_atomically",
+    "temporary_owner_gone",
+    "is_temporary_of",
     "label_dtype",
     "output_name",
     "list_images",
@@ -31,14 +42,62 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
-# Larger declared sizes are refused before decoding: a tiny file can declare gigapixels
-# (decompression bomb).  2**31 pixels is a 46k x 46k slide, far above any challenge image.
-MAX_PIXELS = 2**31
-_TIFF = (".tif", ".tiff")
+# What one image may cost, in bytes, unless the caller says otherwise: read_image refuses files
+# whose decoded array alone is larger, and the batch (crossct.budget) also counts the memory
+# segmenting takes.  3 GiB keeps a 2-core / 8 GB laptop responsive and still takes a 100-megapixel
+# slide (estimated 2.4 GiB with its working memory; the 64-megapixel one measured 1.4 GiB,
+# benchmarks/README.md, bench_memory_image).
+DEFAULT_MEMORY_LIMIT = 3 * 2**30
+# TIFF segments (strips, tiles) decoded at once; each needs its own buffer.
+TIFF_DECODE_WORKERS = 4
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageReadError(ValueError):
     """A file that cannot be turned into an image; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file declares, read before any pixel is decoded.
+
+    ``channels`` and ``dtype`` are those of the array :func:`read_image` returns (an upper bound
+    where the decoder decides, e.g. a palette PNG may come back with 3 or 4 channels);
+    ``decoder_bytes`` is the decoder's working memory beyond that array (a progressive JPEG's
+    coefficients, the TIFF strips or tiles decoded at once).
+    """
+
+    format: str  # "png", "jpeg", "bmp" or "tiff"
+    height: int
+    width: int
+    channels: int
+    dtype: np.dtype
+    decoder_bytes: int = 0
+
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes the decoded array and the decoder need together."""
+        return self.pixels * self.channels * np.dtype(self.dtype).itemsize + self.decoder_bytes
+
+    def describe(self) -> str:
+        """'30000x30000 (3 channels, uint8, JPEG)'"""
+        channels = f"{self.channels} channel{'s' if self.channels > 1 else ''}"
+        return f"{self.height}x{self.width} ({channels}, {np.dtype(self.dtype).name}, {self.format.upper()})"
+
+
+def format_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB'; binary units, as the memory limit is given."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 def output_name(path: str | os.PathLike) -> str:
@@ -50,6 +109,8 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name.
 
     Hidden files, sub-folders and other extensions are skipped (and logged), never followed.
+    Entries with an image extension that are not regular files (a FIFO, a device) are listed, so
+    that reading them reports what they are.
     """
     folder = Path(folder)
     found: list[Path] = []
@@ -65,15 +126,192 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return found
 
 
-def _check_size(path: Path, shape: tuple[int, ...]) -> None:
-    pixels = int(np.prod([int(s) for s in shape[:2]], dtype=np.int64)) if len(shape) >= 2 else 0
-    if len(shape) < 2 or min(shape[:2]) < 1:
-        raise ImageReadError(f"{path}: image has no pixels (shape {tuple(shape)})")
-    if pixels > MAX_PIXELS:
+# ----------------------------------------------------------------------------- headers
+
+
+def _file_kind(mode: int) -> str | None:
+    """What a non-regular file is, in words (None for a regular file)."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _check_regular_file(path: Path) -> None:
+    """Refuse anything that is not a non-empty regular file, before opening it (a FIFO would block)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        kind = "a broken symbolic link" if path.is_symlink() else None
+        raise ImageReadError(f"{path}: {kind or 'no such file'}") from None
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot access ({exc.strerror or exc})") from None
+    kind = _file_kind(st.st_mode)
+    if kind:
+        raise ImageReadError(f"{path}: is {kind}, not an image file")
+    if st.st_size == 0:
+        raise ImageReadError(f"{path}: file is empty (0 bytes)")
+
+
+def _sniff(path: Path) -> str | None:
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head.startswith(_PNG_MAGIC):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head[:4] in _TIFF_MAGIC:
+        return "tiff"
+    return None
+
+
+def _need(data: bytes, n: int, path: Path, what: str) -> bytes:
+    if len(data) < n:
+        raise ImageReadError(f"{path}: not a decodable {path.suffix.lower() or 'image'} file (truncated {what})")
+    return data
+
+
+def _png_header(path: Path) -> ImageHeader:
+    with open(path, "rb") as fh:
+        head = _need(fh.read(33), 33, path, "PNG header")
+        if head[12:16] != b"IHDR":
+            raise ImageReadError(f"{path}: not a decodable .png image (no IHDR chunk)")
+        width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+        # cv2 adds an alpha channel to RGB and palette images with a tRNS chunk: look for one.
+        transparency = False
+        fh.seek(33)
+        for _ in range(1000):  # the chunks before the image data
+            chunk = fh.read(8)
+            if len(chunk) < 8 or chunk[4:8] in (b"IDAT", b"IEND"):
+                break
+            transparency |= chunk[4:8] == b"tRNS"
+            fh.seek(struct.unpack(">I", chunk[:4])[0] + 4, os.SEEK_CUR)
+    channels = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}.get(colour)
+    if channels is None:
+        raise ImageReadError(f"{path}: not a decodable .png image (colour type {colour})")
+    if colour in (2, 3) and transparency:
+        channels = 4
+    return ImageHeader("png", height, width, channels, np.dtype(np.uint16 if depth == 16 else np.uint8))
+
+
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
+
+
+def _jpeg_header(path: Path) -> ImageHeader:
+    """Walk the JPEG markers (skipping their payloads) to the frame header (SOFn)."""
+    with open(path, "rb") as fh:
+        fh.seek(2)
+        for _ in range(10_000):
+            byte = fh.read(1)
+            while byte == b"\xff":  # fill bytes
+                byte = fh.read(1)
+            if not byte:
+                break
+            marker = byte[0]
+            if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no payload
+                continue
+            if marker in (0xD9, 0xDA):  # end of image, or a scan before any frame header
+                break
+            length = struct.unpack(">H", _need(fh.read(2), 2, path, "JPEG marker"))[0]
+            if marker in _SOF:
+                precision, height, width, components = struct.unpack(">BHHB", _need(fh.read(6), 6, path, "JPEG frame header"))
+                if height == 0:
+                    raise ImageReadError(f"{path}: not a decodable JPEG (height defined by a DNL marker)")
+                channels = 1 if components == 1 else 3  # OpenCV turns YCbCr, RGB and CMYK into BGR
+                dtype = np.dtype(np.uint16 if precision > 8 else np.uint8)
+                # A progressive JPEG keeps every DCT coefficient (2 bytes a sample) until the last scan.
+                coefficients = 2 * height * width * components if marker in _PROGRESSIVE else 0
+                return ImageHeader("jpeg", height, width, channels, dtype, coefficients)
+            fh.seek(length - 2, os.SEEK_CUR)
+    raise ImageReadError(f"{path}: not a decodable JPEG (no frame header)")
+
+
+def _bmp_header(path: Path) -> ImageHeader:
+    with open(path, "rb") as fh:
+        head = _need(fh.read(30), 26, path, "BMP header")
+    if struct.unpack("<I", head[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+        width, height, _, bits = struct.unpack("<HHHH", head[18:26])
+    else:
+        width, height, _, bits = struct.unpack("<iiHH", _need(head, 30, path, "BMP header")[18:30])
+    # Palette images come back gray (1 channel) or BGR (3); 32-bit ones may keep their alpha.
+    return ImageHeader("bmp", abs(height), abs(width), 4 if bits == 32 else 3, np.dtype(np.uint8))
+
+
+def _tiff_header(path: Path) -> ImageHeader:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        if not tif.series:
+            raise ImageReadError(f"{path}: TIFF holds no image")
+        series = tif.series[0]
+        dtype = np.dtype(series.dtype)
+        # A zero-strided stand-in goes through read_image's layout rules without reading pixels,
+        # so pages, samples and channels are counted as the decoded (H, W, C) array will hold them,
+        # and stacks are refused here, from the header.
+        stand_in = np.broadcast_to(np.zeros((), dtype), series.shape)
+        height, width, channels = _to_hwc(path, stand_in, series.axes).shape
+        page = series.keyframe
+        samples = page.samplesperpixel if page.planarconfig == 1 else 1  # contiguous samples share a segment
+        if page.is_tiled:
+            segment, segments = page.tilewidth * page.tilelength * max(page.tiledepth, 1), len(page.dataoffsets)
+        else:
+            rows = min(page.rowsperstrip or page.imagelength, page.imagelength)
+            segment, segments = page.imagewidth * rows, len(page.dataoffsets)
+        decoder = 2 * segment * samples * dtype.itemsize * min(max(segments, 1), TIFF_DECODE_WORKERS)
+    return ImageHeader("tiff", int(height), int(width), int(channels), dtype, int(decoder))
+
+
+_HEADERS = {"png": _png_header, "jpeg": _jpeg_header, "bmp": _bmp_header, "tiff": _tiff_header}
+
+
+def read_header(path: str | os.PathLike) -> ImageHeader:
+    """What ``path`` declares: format (from the content), height, width, channels, dtype.
+
+    Reads a few hundred bytes (a TIFF's directory); never decodes pixels.
+
+    Raises
+    ------
+    ImageReadError
+        Missing, empty or non-regular files (a FIFO, a device), unknown or corrupt headers,
+        TIFF stacks and volumes, images without pixels; the message names the file.
+    """
+    path = Path(path)
+    _check_regular_file(path)
+    try:
+        kind = _sniff(path)
+        if kind is None:
+            if path.suffix.lower() in (".tif", ".tiff"):
+                kind = "tiff"  # let tifffile say what is wrong with it
+            else:
+                raise ImageReadError(
+                    f"{path}: not a decodable {path.suffix.lower()} image (corrupt, truncated or not an image: "
+                    "its content is not PNG, JPEG, BMP or TIFF)")
+        header = _HEADERS[kind](path)
+        if kind != "tiff":  # OpenCV decodes from the whole file, held in memory
+            header = replace(header, decoder_bytes=header.decoder_bytes + path.stat().st_size)
+    except ImageReadError:
+        raise
+    except Exception as exc:  # parsers raise many types for corrupt files; report, don't crash
+        raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    if header.height < 1 or header.width < 1 or header.channels < 1:
+        raise ImageReadError(f"{path}: image has no pixels ({header.describe()})")
+    return header
+
+
+def _check_limit(path: Path, header: ImageHeader, max_bytes: int | None) -> None:
+    if max_bytes is not None and header.decoded_bytes > max_bytes:
         raise ImageReadError(
-            f"{path}: declared size {shape[0]}x{shape[1]} ({pixels:,} pixels) exceeds the limit of "
-            f"{MAX_PIXELS:,} pixels (possible decompression bomb)"
+            f"{path}: declared size {header.describe()} needs {format_bytes(header.decoded_bytes)} "
+            f"decoded, over the memory limit of {format_bytes(max_bytes)} (possible decompression bomb; "
+            "a real image this large needs a higher --max-memory)"
         )
+
+
+# ----------------------------------------------------------------------------- decoding
 
 
 def _to_hwc(path: Path, array: np.ndarray, axes: str | None = None) -> np.ndarray:
@@ -110,66 +348,44 @@ def _to_hwc(path: Path, array: np.ndarray, axes: str | None = None) -> np.ndarra
     raise ImageReadError(f"{path}: {array.ndim}-D data of shape {array.shape} is not a 2-D image")
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+def _decode_tiff(path: Path) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        if not tif.series:
-            raise ImageReadError(f"{path}: TIFF holds no image")
-        series = tif.series[0]
-        axes = series.axes
-        if "Y" in axes and "X" in axes:
-            _check_size(path, (series.shape[axes.index("Y")], series.shape[axes.index("X")]))
-        else:
-            squeezed = [s for s in series.shape if s != 1]
-            _check_size(path, tuple(sorted(squeezed, reverse=True)[:2]) if len(squeezed) >= 2 else tuple(squeezed))
         if len(tif.series) > 1:
             logger.warning("%s: multi-series TIFF, reading the first series only", path)
-        array = series.asarray()
+        series = tif.series[0]
+        array = series.asarray(maxworkers=TIFF_DECODE_WORKERS)
     return _to_hwc(path, array, series.axes)
 
 
-def _declared_shape(data: np.ndarray) -> tuple[int, int] | None:
-    """(H, W) from a PNG or BMP header, read before decoding; None for other formats."""
-    head = data[:26].tobytes()
-    if len(head) >= 24 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", head[16:24])
-        return height, width
-    if len(head) >= 26 and head[:2] == b"BM":
-        if struct.unpack("<I", head[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
-            width, height = struct.unpack("<HH", head[18:22])
-        else:
-            width, height = struct.unpack("<ii", head[18:26])
-        return abs(height), abs(width)
-    return None
-
-
-def _read_with_cv2(path: Path) -> np.ndarray:
+def _decode_with_cv2(path: Path, header: ImageHeader) -> np.ndarray:
     import cv2
 
     data = np.fromfile(path, dtype=np.uint8)  # np.fromfile copes with any file name; cv2.imread may not
-    if data.size == 0:
-        raise ImageReadError(f"{path}: file is empty (0 bytes)")
-    declared = _declared_shape(data)
-    if declared is not None:  # refuse a decompression bomb before the decoder allocates for it
-        _check_size(path, declared)
     array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    del data
     if array is None:
         raise ImageReadError(f"{path}: not a decodable {path.suffix.lower()} image (corrupt, truncated or not an image)")
-    _check_size(path, array.shape)
-    if array.ndim == 3 and array.shape[2] >= 3:
-        # OpenCV decodes to BGR(A); the rest of the pipeline expects RGB(A).
-        array = array[:, :, [2, 1, 0, *range(3, array.shape[2])]]
+    if array.shape[:2] != (header.height, header.width):
+        raise ImageReadError(f"{path}: decoded size {array.shape[:2]} differs from the declared {header.height}x{header.width}")
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        # OpenCV decodes to BGR(A); the rest of the pipeline expects RGB(A).  In place: no second copy.
+        cv2.cvtColor(array, cv2.COLOR_BGR2RGB if array.shape[2] == 3 else cv2.COLOR_BGRA2RGBA, dst=array)
     # OpenCV always decodes to (H, W) or (H, W, C): no layout to guess (guessing broke 3x3 RGB).
     return array[:, :, None] if array.ndim == 2 else array
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_bytes: int | None = DEFAULT_MEMORY_LIMIT,
+               header: ImageHeader | None = None) -> np.ndarray:
     """Read a microscopy image.
 
     Parameters
     ----------
-    path : path to a .png, .bmp, .jpg/.jpeg or .tif/.tiff file.
+    path : a PNG, JPEG, BMP or TIFF file (the format is told from the content).
+    max_bytes : refuse, before decoding, a file whose decoded array (and decoder buffers) would
+        take more memory than this (None: no limit).
+    header : the file's :func:`read_header`, when the caller has it already.
 
     Returns
     -------
@@ -178,17 +394,16 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     Raises
     ------
     ImageReadError
-        Empty, truncated, undecodable, oversized or non-2-D files, with the file and the reason.
+        Empty, truncated, undecodable, oversized, non-2-D or non-regular files, with the file and
+        the reason.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise ImageReadError(f"{path}: file is empty (0 bytes)")
+    header = header or read_header(path)
+    _check_limit(path, header, max_bytes)
     try:
-        if path.suffix.lower() in _TIFF:
-            return _read_tiff(path)
-        return _read_with_cv2(path)
+        if header.format == "tiff":
+            return _decode_tiff(path)
+        return _decode_with_cv2(path, header)
     except ImageReadError:
         raise
     except MemoryError:
@@ -198,27 +413,12 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def image_shape(path: str | os.PathLike) -> tuple[int, int]:
-    """(H, W) of an image, reading only the header where the format allows it."""
-    path = Path(path)
-    if path.suffix.lower() in _TIFF:
-        import tifffile
+    """(H, W) of an image, from its header."""
+    header = read_header(path)
+    return header.height, header.width
 
-        try:
-            with tifffile.TiffFile(path) as tif:
-                if not tif.series:
-                    raise ImageReadError(f"{path}: TIFF holds no image")
-                series = tif.series[0]
-                # A zero-strided stand-in goes through read_image's layout rules without reading
-                # pixels, so both agree on which axes are H and W (the first page's size may not).
-                stand_in = np.broadcast_to(np.zeros((), series.dtype), series.shape)
-                shape = _to_hwc(path, stand_in, series.axes).shape
-        except ImageReadError:
-            raise
-        except Exception as exc:
-            raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
-        return int(shape[0]), int(shape[1])
-    image = read_image(path)
-    return int(image.shape[0]), int(image.shape[1])
+
+# ----------------------------------------------------------------------------- writing
 
 
 def label_dtype(n_max: int) -> np.dtype:
@@ -258,20 +458,86 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
     return write_atomically(path, lambda fh: tifffile.imwrite(fh, out, compression="zlib"))
 
 
+# A temporary is ".<name>.tmp-<pid>-<random>": unique even for processes with the same pid in
+# different containers writing one shared folder.  Its writer holds an exclusive flock on it until
+# the rename, so a temporary whose lock can be taken was left by a process that died (the kernel
+# drops a dead process's locks) and is safe to remove; pids alone cannot say that (reuse, namespaces).
+_TEMP_MARK = ".tmp-"
+
+
+def _lock(fd: int, block: bool) -> bool:
+    """Take an exclusive flock; False when another process holds it (or locks are not supported)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no way to tell a live owner, so temporaries are never removed by others
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    except OSError:  # held by a live writer (EWOULDBLOCK), or a file system without locks
+        return False
+    return True
+
+
+def is_temporary_of(entry: Path, names: set[str]) -> bool:
+    """Whether ``entry`` is named like a :func:`write_atomically` temporary of one of ``names``."""
+    stem, sep, owner = entry.name.rpartition(_TEMP_MARK)
+    pid, _, token = owner.partition("-")
+    return bool(sep and stem.startswith(".") and stem[1:] in names and pid.isdigit()
+                and all(c in "0123456789abcdef" for c in token))
+
+
+def temporary_owner_gone(entry: Path) -> bool:
+    """Remove the temporary ``entry`` when no live process holds it; True when it was removed.
+
+    The check and the removal happen under the temporary's own lock, so a writer that is alive,
+    or that creates the file at this moment (it sees the file unlinked and starts over), never
+    loses it.
+    """
+    try:
+        fd = os.open(entry, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not _lock(fd, block=False):
+            return False
+        try:
+            if os.stat(entry).st_ino != st.st_ino:  # renamed or replaced meanwhile: not ours to judge
+                return False
+        except FileNotFoundError:
+            return False
+        os.unlink(entry)
+        return True
+    finally:
+        os.close(fd)  # also drops the lock
+
+
+def _open_owned_temporary(path: Path) -> tuple[Path, BinaryIO]:
+    """Create and lock a fresh temporary beside ``path`` (see :func:`temporary_owner_gone`)."""
+    while True:
+        tmp = path.with_name(f".{path.name}{_TEMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+        fh = open(tmp, "xb")
+        _lock(fh.fileno(), block=True)  # waits only while a cleaner inspects the new file
+        if os.fstat(fh.fileno()).st_nlink > 0:
+            return tmp, fh
+        fh.close()  # a cleaner took it for abandoned between creation and locking: start over
+
+
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(file)`` on a hidden temporary beside ``path``, sync it, and rename it onto ``path``.
 
     Readers see either the old file (or none) or the whole new one; on any error the temporary is
-    removed and the error raised.
+    removed and the error raised.  The temporary is locked by this process until the rename, so
+    another process cleaning up after a killed run never removes it.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp, fh = _open_owned_temporary(path)
     try:
-        with open(tmp, "wb") as fh:
+        with fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # while still locked
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -20,6 +20,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from .config import ModelSpec, load_spec
+from .env import local_rank
 
 __all__ = [
     "Predictor",
@@ -146,7 +147,7 @@ class OnnxPredictor:
             except Exception as exc:  # noqa: BLE001 - a failed preload just means the CPU fallback
                 logger.debug("onnxruntime.preload_dlls failed: %s", exc)
         # Under torchrun each process drives its own GPU.
-        cuda_options = {"device_id": int(os.environ.get("LOCAL_RANK", "0"))}
+        cuda_options = {"device_id": local_rank()}
         providers = ([("CUDAExecutionProvider", cuda_options)] if want_cuda else []) + ["CPUExecutionProvider"]
         calls, threads = cpu_calls_and_threads()
         options = ort.SessionOptions()
@@ -213,7 +214,10 @@ class TorchPredictor:
         if spec is None:
             if "spec" not in state:
                 raise WeightsError(f"{self.model_path}: checkpoint holds no model spec")
-            spec = ModelSpec.from_dict(state["spec"])
+            try:
+                spec = ModelSpec.from_dict(state["spec"])
+            except ValueError as exc:
+                raise WeightsError(f"{self.model_path}: not a valid CrossCT model spec: {exc}") from None
         self.spec = spec
         network = build_network(spec.model)
         weights = state.get("model", state.get("state_dict"))
@@ -228,7 +232,7 @@ class TorchPredictor:
         elif device == "cuda" and not torch.cuda.is_available():
             raise WeightsError(f"device 'cuda' requested but PyTorch {torch.__version__} sees no CUDA device")
         if device == "cuda":
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"  # one GPU per torchrun process
+            device = f"cuda:{local_rank()}"  # one GPU per torchrun process
         self.device = torch.device(device)
         self.module = with_probabilities(network).to(self.device).eval()
         self.description = f"torch {torch.__version__} {self.device}"

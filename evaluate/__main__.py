@@ -28,6 +28,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from crossct.helpformat import DefaultsHelpFormatter
+
 __all__ = ["build_parser", "main", "cases_from_folder", "cases_from_manifest"]
 
 logger = logging.getLogger("evaluate")
@@ -37,7 +39,7 @@ EXIT_OK, EXIT_IMAGE_ERRORS, EXIT_USAGE = 0, 1, 2
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m evaluate`` (sub-commands ``f1`` and ``timing``)."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = DefaultsHelpFormatter
     parser = argparse.ArgumentParser(
         prog="python -m evaluate",
         description="NeurIPS 2022 CellSeg evaluation: F1 at IoU 0.5 and running time with tolerance.",
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="F1 of predicted label images against ground truth",
         description=(
             "Walks the ground truth (a folder, or the rows of a manifest): an image without a prediction is "
-            "scored F1 = 0 and listed; an unreadable file or a shape mismatch is an error for that image "
+            "scored F1 = 0 and listed (no prediction at all is an error, exit code 2); an unreadable file or a shape mismatch is an error for that image "
             "(F1 = 0, listed, exit code 1). Cells touching the 2-pixel frame are ignored; images of 25 Mpx or "
             "more are scored in 2000x2000 tiles."
         ),
@@ -189,8 +191,6 @@ def _run_f1(args: argparse.Namespace) -> int:
         raise ValueError("give the ground truth with --gt GT_DIR or --manifest CSV")
     if (args.split or args.group_by) and args.manifest is None:
         raise ValueError("--split and --group-by need --manifest")
-    if not args.pred.is_dir():
-        logger.warning("%s: prediction folder not found; every image will be scored as missing", args.pred)
     if args.gt is not None:
         cases = cases_from_folder(args.gt, args.pred, args.gt_suffix, args.pred_suffix)
         if args.manifest is not None:
@@ -199,6 +199,10 @@ def _run_f1(args: argparse.Namespace) -> int:
         cases = cases_from_manifest(args.manifest, args.pred, args.pred_suffix, args.split, args.group_by)
     if not cases:
         raise ValueError("no ground-truth images found" + (f" (suffix {args.gt_suffix!r} in {args.gt})" if args.gt else ""))
+    if not any(case.pred_path.is_file() for case in cases):  # a wrong --pred or suffix, not a model scoring 0
+        where = f"{args.pred} holds none of them" if args.pred.is_dir() else f"{args.pred} does not exist"
+        raise ValueError(f"no prediction found for any of the {len(cases)} ground-truth image(s): {where} "
+                         f"(expected e.g. {cases[0].pred_path}; check --pred and --pred-suffix)")
 
     rows = score_cases(cases, args.threshold, args.remove_boundary)
     if args.csv:

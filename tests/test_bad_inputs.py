@@ -141,8 +141,8 @@ def test_bomb_refused_before_decoding(tmp_path, monkeypatch):
         raise AssertionError("decoder called on a decompression bomb")
 
     monkeypatch.setattr(cv2, "imdecode", no_decode)
-    (tmp_path / "b.png").write_bytes(png_bomb(70_000, 40_000))
-    with pytest.raises(ImageReadError, match="40000x70000"):
+    (tmp_path / "b.png").write_bytes(png_bomb(70_000, 60_000))  # 4.2 GB decoded, over the 3 GiB default
+    with pytest.raises(ImageReadError, match="60000x70000"):
         read_image(tmp_path / "b.png")
 
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 import tifffile
-from conftest import cells_image, run_predict, write_image, write_png
+from conftest import REPO, cells_image, run_predict, run_python, write_image, write_png
 
 from crossct import cli
 
@@ -58,8 +58,10 @@ def test_end_to_end_subprocess(folders, tiny_weights, tmp_path):
     preview = read_image(overlays / "a_label.png")
     assert preview.shape == (70, 90, 3) and preview.dtype == np.uint8
     labels = tifffile.imread(out / "a_label.tiff")
-    if labels.max() > 0:  # outlines drawn in orange somewhere
-        assert (preview.reshape(-1, 3) == (255, 64, 0)).all(axis=1).any()
+    if labels.max() > 0:  # two-tone outlines drawn somewhere
+        from crossct.overlay import OUTLINE_CORE_RGB
+
+        assert (preview.reshape(-1, 3) == OUTLINE_CORE_RGB).all(axis=1).any()
 
 
 def test_same_results_in_process(folders, tiny_weights, capsys):
@@ -115,13 +117,32 @@ def test_postprocess_override(folders, tiny_weights, capsys):
 def test_missing_input_folder_exit_2(tmp_path, tiny_weights):
     result = run_predict(["-i", str(tmp_path / "absent"), "-o", str(tmp_path / "out"), "-w", str(tiny_weights)])
     assert result.returncode == 2
-    assert f"input folder {tmp_path / 'absent'} does not exist" in result.stderr
+    assert f"input {tmp_path / 'absent'} does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
-def test_input_is_a_file_exit_2(tmp_path, tiny_weights, capsys, caplog):
-    (tmp_path / "f.png").write_bytes(b"x")
-    code, _ = run_cli(["-i", str(tmp_path / "f.png"), "-o", str(tmp_path / "out"), "-w", str(tiny_weights)], capsys)
-    assert code == 2 and "is not a folder" in caplog.text
+def test_single_files_and_globs_as_input(folders, tiny_weights, tmp_path, capsys):
+    """-i takes image files (several, as a shell expands a glob) and quoted glob patterns, not only folders."""
+    inp, out = folders
+    code, err = run_cli(["-i", str(inp / "a.b.png"), "-o", str(out), "-w", str(tiny_weights), "-q"], capsys)
+    assert code == 0 and summary_counts(err) == (1, 0, 0)
+    assert sorted(p.name for p in out.iterdir()) == ["a_label.tiff"]
+
+    out2 = tmp_path / "out2"
+    code, err = run_cli(["-i", str(inp / "a.b.png"), str(inp / "c.jpg"), "-o", str(out2), "-w", str(tiny_weights),
+                         "-q"], capsys)
+    assert code == 0 and sorted(p.name for p in out2.iterdir()) == ["a_label.tiff", "c_label.tiff"]
+
+    out3 = tmp_path / "out3"
+    code, err = run_cli(["-i", str(inp / "*.tif"), str(inp / "c.*"), "-o", str(out3), "-w", str(tiny_weights), "-q"],
+                        capsys)
+    assert code == 0 and sorted(p.name for p in out3.iterdir()) == ["c_label.tiff", "rgb_label.tiff"]
+
+
+def test_glob_without_match_exit_2(tmp_path, tiny_weights, capsys, caplog):
+    code, err = run_cli(["-i", str(tmp_path / "*.png"), "-o", str(tmp_path / "out"), "-w", str(tiny_weights)], capsys)
+    assert code == 2
+    assert f"no image matches '{tmp_path / '*.png'}'" in caplog.text and not SUMMARY.search(err)
 
 
 @pytest.mark.parametrize("which", ["output", "overlay"])
@@ -165,7 +186,135 @@ def test_bad_choice_lists_valid_ones(capsys):
     assert "choose from 'auto', 'onnx', 'torch'" in capsys.readouterr().err
 
 
-def test_empty_input_folder(tmp_path, tiny_weights, capsys):
-    (tmp_path / "in").mkdir()
-    code, err = run_cli(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-w", str(tiny_weights)], capsys)
+@pytest.mark.parametrize("content", [[], ["notes.txt", ".hidden.png", "sub/"]], ids=["empty", "no-images"])
+def test_no_images_found_warns_and_exits_2(tmp_path, tiny_weights, capsys, caplog, content):
+    """An empty folder, or one without images, is a mistake to report (exit 2, see README), not a success."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for name in content:
+        (inp / name).mkdir() if name.endswith("/") else (inp / name).write_bytes(b"x")
+    code, err = run_cli(["-i", str(inp), "-o", str(tmp_path / "out"), "-w", str(tiny_weights)], capsys)
+    assert code == 2
+    warning = next(r for r in caplog.records if r.levelname == "WARNING")
+    assert warning.getMessage().startswith(f"no images found in {inp}: nothing to segment")
+    assert not SUMMARY.search(err)
+
+
+def test_empty_share_of_a_sharded_run_is_fine(tmp_path, tiny_weights, capsys, monkeypatch):
+    """More processes than images: the processes without a share finish with exit code 0."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    write_png(inp / "a.png", cells_image(40, 40))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, err = run_cli(["-i", str(inp), "-o", str(tmp_path / "out"), "-w", str(tiny_weights)], capsys)
     assert code == 0 and summary_counts(err) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"RANK": "abc"}, "environment variable RANK='abc' is not an integer"),
+    ({"RANK": "3", "WORLD_SIZE": "2"}, "environment variable RANK=3 must be below WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "0"}, "environment variable WORLD_SIZE=0 must be >= 1"),
+    ({"RANK": "-1", "WORLD_SIZE": "2"}, "environment variable RANK=-1 must be >= 0"),
+    ({"CROSSCT_MAX_MEMORY": "lots"}, "CROSSCT_MAX_MEMORY: 'lots' is not a memory size"),
+])
+def test_bad_environment_exit_2_without_traceback(folders, tiny_weights, env, message):
+    inp, out = folders
+    result = run_predict(["-i", str(inp), "-o", str(out), "-w", str(tiny_weights)], env=env)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_output_equal_to_input_twice_does_not_segment_labels(folders, tiny_weights, capsys):
+    """-o = -i: the second run's input folder holds the first run's *_label.tiff; they are results, not images."""
+    inp, _ = folders
+    for _ in range(2):
+        code, err = run_cli(["-i", str(inp), "-o", str(inp), "-w", str(tiny_weights), "-q"], capsys)
+        assert code == 0 and summary_counts(err) == (3, 0, 0)
+    assert sorted(p.name for p in inp.iterdir()) == ["a.b.png", "a_label.tiff", "c.jpg", "c_label.tiff", "rgb.tif",
+                                                     "rgb_label.tiff"]
+
+
+def test_label_files_in_another_folder_are_images(tmp_path, tiny_weights, capsys):
+    """Only the output folder's label files are taken for results: an input named *_label.tiff elsewhere is an image."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    write_image(inp / "cell_label.tiff", cells_image(40, 40))
+    code, err = run_cli(["-i", str(inp), "-o", str(tmp_path / "out"), "-w", str(tiny_weights), "-q"], capsys)
+    assert code == 0 and summary_counts(err) == (1, 0, 0)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["cell_label_label.tiff"]
+
+
+def test_help_names_the_command_and_shows_each_default_once():
+    for command, prog in [([str(REPO / "predict.py")], "predict.py"),
+                          (["-c", "import sys; from crossct.cli import main; sys.argv[0] = 'crossct-predict'; main()"],
+                           "crossct-predict")]:
+        result = run_python([*command, "--help"], timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith(f"usage: {prog} "), result.stdout[:80]
+        text = " ".join(result.stdout.split())
+        assert "(default: None)" not in text and "(default: False)" not in text
+        for option_help in re.split(r"\n\s*-", result.stdout):
+            assert option_help.lower().count("default") <= 1, option_help
+
+
+def render_terminal(output: str, columns: int = 120) -> list[str]:
+    """The screen a terminal shows after ``output``: carriage returns overwrite, cursor-up moves up."""
+    screen, row, col = [""], 0, 0
+    for token in re.findall(r"\x1b\[(\d*)([A-Za-z])|(\r)|(\n)|([^\x1b\r\n])", output):
+        count, code, cr, nl, char = token
+        if cr:
+            col = 0
+        elif nl:
+            row, col = row + 1, 0
+            screen += [""] * (row + 1 - len(screen))
+        elif code == "A":
+            row = max(0, row - int(count or 1))
+        elif char:
+            line = screen[row].ljust(col)
+            screen[row] = line[:col] + char + line[col + 1:]
+            col += 1
+    return [line.rstrip() for line in screen]
+
+
+def test_progress_bar_and_log_lines_do_not_write_over_each_other(folders, tiny_weights, tmp_path):
+    """In a terminal, log records are printed above the bar, each on its own line, and no stale bar is left."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    inp, out = folders
+    for i in range(4):
+        write_png(inp / f"more_{i}.png", cells_image(60, 70, seed=10 + i))
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120"}
+    env.pop("CROSSCT_WEIGHTS", None)
+    proc = subprocess.Popen([sys.executable, str(REPO / "predict.py"), "-i", str(inp), "-o", str(out), "-w",
+                             str(tiny_weights)], cwd=REPO, env=env, stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0
+    raw = b"".join(chunks).decode("utf-8", "replace")
+    assert "img/s" in raw or "it/s" in raw or "%|" in raw, "no progress bar was drawn"
+    screen = [line for line in render_terminal(raw) if line]
+    logs = [line for line in screen if re.search(r"\d\d:\d\d:\d\d (INFO|WARNING|ERROR)", line)]
+    assert len(logs) >= 7  # one per image at least
+    for line in logs:
+        assert re.match(r"\d\d:\d\d:\d\d (INFO|WARNING|ERROR) ", line), f"log line written over:\n{line!r}"
+    assert not [line for line in screen if "%|" in line], "a progress bar was left on the screen"
+    assert screen[-1].startswith("crossct: 7 image(s) segmented")

@@ -166,6 +166,27 @@ def test_usage_errors_name_the_problem(tmp_path: Path, capsys):
     assert "absent" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where", ["empty", "absent", "suffix"])
+def test_no_prediction_at_all_is_an_error(folders, tmp_path: Path, capsys, where):
+    """Pointed at the wrong folder (or suffix), the evaluator says so instead of a table of zeros."""
+    gt, pred = folders
+    args = ["f1", "--gt", str(gt), "--pred", str(pred)]
+    if where == "empty":
+        pred = tmp_path / "empty"
+        pred.mkdir()
+        args[-1] = str(pred)
+    elif where == "absent":
+        pred = tmp_path / "absent"
+        args[-1] = str(pred)
+    else:
+        args += ["--pred-suffix", "_masks.tif"]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    assert "no prediction found for any of the 4 ground-truth image(s)" in captured.err
+    assert ("does not exist" if where == "absent" else "holds none of them") in captured.err
+    assert "| all |" not in captured.out
+
+
 def test_unreadable_ground_truth_is_an_error_row(tmp_path: Path):
     (tmp_path / "gt").mkdir()
     (tmp_path / "gt" / "bad_label.tiff").write_bytes(b"not a tiff")

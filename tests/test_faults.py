@@ -153,7 +153,7 @@ def test_disk_full_reported_per_file_nothing_partial(tmp_path, tiny_weights, sma
     assert f"{len(written)} image(s) segmented, {len(failed)} failed" in result.stderr
     for line in failed:
         image = Path(line.split(": ", 1)[0])
-        assert line == f"{image}: cannot write {out / (image.stem + '_label.tiff')}: No space left on device"
+        assert line == f"{image}: cannot write labels {out / (image.stem + '_label.tiff')}: No space left on device"
     # every image is either written whole or reported; nothing partial, no temporaries
     assert sorted(written + [Path(line.split(": ", 1)[0]).stem + "_label.tiff" for line in failed]) == names
     assert hidden(out) == []
@@ -196,7 +196,7 @@ def test_label_path_taken_by_a_folder_reported(tmp_path, tiny_weights, capsys, c
     (out / "img_01_label.tiff").mkdir(parents=True)
     code = cli.main(["-i", str(inp), "-o", str(out), "-w", str(tiny_weights)])
     assert code == 1
-    assert f"FAILED {inp / 'img_01.png'}: cannot write {out / 'img_01_label.tiff'}: Is a directory" in caplog.text
+    assert f"FAILED {inp / 'img_01.png'}: cannot write labels {out / 'img_01_label.tiff'}: Is a directory" in caplog.text
     assert "2 image(s) segmented, 1 failed" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["img_00_label.tiff", "img_01_label.tiff", "img_02_label.tiff"]
     assert (out / "img_01_label.tiff").is_dir() and not any((out / "img_01_label.tiff").iterdir())
@@ -350,3 +350,71 @@ def test_batch_post_processes_one_image_while_the_next_goes_through_the_network(
             continue
         image = read_image(inp / name.replace("_label.tiff", ".png"))
         np.testing.assert_array_equal(read_whole(out / name), segment(image, onnx_predictor))
+
+
+def test_images_in_flight_together_fit_the_memory_budget(tmp_path, onnx_predictor, monkeypatch):
+    """With room for one image only, the next image waits for the previous one's post-processing."""
+    import threading
+
+    import crossct.pipeline as pipeline
+    from crossct.budget import MemoryBudget, needed_bytes
+    from crossct.io import read_header
+
+    inp, out = tmp_path / "in", tmp_path / "out"
+    make_folder(inp, 3, size=96)
+    out.mkdir()
+    events, lock = [], threading.Lock()
+    real_outputs, real_post = pipeline.predict_outputs, pipeline.postprocess
+
+    def log(what):
+        with lock:
+            events.append(what)
+
+    def predict_outputs(image, *args, **kwargs):
+        log("net")
+        return real_outputs(image, *args, **kwargs)
+
+    def postprocess(outputs, *args, **kwargs):
+        time.sleep(0.2)  # long enough that a next image would start meanwhile, were there room
+        result = real_post(outputs, *args, **kwargs)
+        log("post end")
+        return result
+
+    monkeypatch.setattr(pipeline, "predict_outputs", predict_outputs)
+    monkeypatch.setattr(pipeline, "postprocess", postprocess)
+    work, _, _ = find_work(inp, out)
+    one = needed_bytes(read_header(work[0].image), onnx_predictor.spec)
+    summary = run_batch(work, onnx_predictor, budget=MemoryBudget(int(1.5 * one)))
+    assert summary.done == 3
+    assert events == ["net", "post end"] * 3  # one image at a time
+    events.clear()
+    out2 = tmp_path / "out2"
+    out2.mkdir()
+    run_batch(find_work(inp, out2)[0], onnx_predictor, budget=MemoryBudget(2 * one))
+    assert events.index("net", 1) < events.index("post end")  # room for two: they overlap
+
+
+def test_failed_overlay_named_as_such_and_made_by_skip_existing(tmp_path, tiny_weights, capsys, caplog, monkeypatch):
+    """An overlay that cannot be written is reported as the overlay (the labels are written); a rerun with
+    --skip-existing makes just the overlay, from the labels on disk, without running the network."""
+    import crossct.batch as batch
+
+    inp, out, overlays = tmp_path / "in", tmp_path / "out", tmp_path / "overlays"
+    make_folder(inp, 2, size=64)
+    (overlays / "img_01_label.png").mkdir(parents=True)  # this overlay cannot be written
+    code = cli.main(["-i", str(inp), "-o", str(out), "-w", str(tiny_weights), "--overlay", str(overlays)])
+    assert code == 1
+    assert (f"FAILED {inp / 'img_01.png'}: labels written, but cannot write overlay {overlays / 'img_01_label.png'}: "
+            "Is a directory") in caplog.text
+    assert "1 image(s) segmented, 1 failed" in capsys.readouterr().err
+    labels = (out / "img_01_label.tiff").read_bytes()
+
+    (overlays / "img_01_label.png").rmdir()
+    monkeypatch.setattr(batch, "segment_stages", lambda *a, **k: pytest.fail("the network ran again"))
+    code = cli.main(["-i", str(inp), "-o", str(out), "-w", str(tiny_weights), "--overlay", str(overlays),
+                     "--skip-existing"])
+    assert code == 0
+    assert "0 image(s) segmented, 0 failed, 1 skipped, 1 overlay(s) made from existing labels" in capsys.readouterr().err
+    assert (out / "img_01_label.tiff").read_bytes() == labels
+    preview = read_image(overlays / "img_01_label.png")
+    assert preview.shape == (64, 64, 3) and hidden(overlays) == []

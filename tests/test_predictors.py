@@ -138,8 +138,14 @@ def test_unknown_key_in_model_json_refused(weights_copy):
 
 
 def test_onnx_io_mismatch_refused(weights_copy):
+    """A model.onnx taking 4 channels where its spec says 3 is refused when loaded."""
+    import torch
+
+    path = weights_copy / "model.onnx"
+    torch.onnx.export(torch.nn.Conv2d(4, 5, 1), (torch.rand(1, 4, 16, 16),), str(path), input_names=["image"],
+                      output_names=["outputs"], dynamic_axes={"image": {0: "b"}, "outputs": {0: "b"}}, dynamo=False)
     spec = json.loads((weights_copy / "model.json").read_text())
-    spec["model"]["kwargs"]["in_channels"] = 4
+    spec["checksums"]["model.onnx"] = sha256_file(path)
     (weights_copy / "model.json").write_text(json.dumps(spec))
     with pytest.raises(WeightsError, match="does not match its spec"):
         load_predictor(weights_copy, backend="onnx")
@@ -217,7 +223,7 @@ def test_export_set_changes_stored_settings_and_refuses_unknown_sections():
     assert spec.postprocess.method == "threshold"
     with pytest.raises(ValueError, match="SECTION.FIELD"):
         apply_settings(tiny_spec(), ["model.arch=swin_unetr"])
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match=r"tiling: unknown key\(s\) \['tile'\]; valid: .*'tile_size'"):
         apply_settings(tiny_spec(), ["tiling.tile=3"])
 
 

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..helpformat import DefaultsHelpFormatter
+
 
 __all__ = ["tune_postprocess", "score_outputs", "main", "SEARCH_SPACE"]
 
@@ -90,7 +92,7 @@ def cache_outputs(predictor, records) -> list[dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m crossct.train.tune", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=DefaultsHelpFormatter)
     p.add_argument("weights", help="weights folder (model.json + model.onnx/.pt) or a checkpoint")
     p.add_argument("--data", default=None, help="data folder with manifest.csv, or a training pack (default: $CROSSCT_DATA or ../shared/data)")
     p.add_argument("--split", default="val")
