@@ -1,56 +1,28 @@
-"""segment(image, predictor): the inference chain, in order.
+"""segment(image, predictor): the inference chain, in order, and the one place that picks the path.
 
 read -> normalise -> tile + run network -> blend -> post-process -> labels.
+
+An image that fits (:func:`crossct.block_plan.needs_blocks` says no) goes down that line in one
+piece (:mod:`crossct.whole_image`, then :mod:`crossct.postprocess`); a larger one goes block by
+block (:mod:`crossct.blocks`, following :mod:`crossct.block_plan`).  :mod:`crossct.dask_blocks`
+runs the same plan on a Dask cluster and defers to :func:`segment` for images that fit.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
-from .config import ModelSpec, TilingConfig
-from .normalize import normalize_image
+from . import blocks
+from .block_plan import needs_blocks
+from .config import ModelSpec
 from .postprocess import postprocess
 from .predictors import Predictor
-from .tiling import sliding_window
+from .whole_image import Timings, predict_outputs, tiling_for
 
 __all__ = ["segment", "segment_stages", "predict_outputs", "tiling_for", "Timings"]
-
-
-@dataclass
-class Timings:
-    """Seconds spent in each step of one :func:`segment` call."""
-
-    normalize: float = 0.0
-    model: float = 0.0
-    postprocess: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
-
-
-def tiling_for(predictor: Predictor, tiling: TilingConfig) -> TilingConfig:
-    """``tiling`` with the batch size for the predictor's device (GPU: ``batch_size``, CPU: ``cpu_batch_size``)."""
-    if getattr(predictor, "on_gpu", False) or tiling.batch_size == tiling.cpu_batch_size:
-        return tiling
-    return replace(tiling, batch_size=tiling.cpu_batch_size)
-
-
-def predict_outputs(image: np.ndarray, predictor: Predictor, spec: ModelSpec | None = None,
-                    timings: Timings | None = None) -> np.ndarray:
-    """(H, W, C) raw image -> (5, H, W) float32 blended network outputs."""
-    spec = spec or predictor.spec
-    timings = timings if timings is not None else Timings()
-    t0 = time.perf_counter()
-    x = normalize_image(image, spec.normalize, channels_first=True)
-    t1 = time.perf_counter()
-    tiling = tiling_for(predictor, spec.tiling)
-    outputs = sliding_window(x, predictor.predict, tiling, out_channels=len(spec.output_channels),
-                             concurrency=getattr(predictor, "concurrent_calls", 1))
-    timings.normalize += t1 - t0
-    timings.model += time.perf_counter() - t1
-    return outputs
 
 
 def segment(image: np.ndarray, predictor: Predictor, spec: ModelSpec | None = None,
@@ -82,10 +54,8 @@ def segment_stages(image: np.ndarray, predictor: Predictor, spec: ModelSpec | No
     timings = timings if timings is not None else Timings()
     if image.ndim == 2:
         image = image[:, :, None]
-    from .blocks import needs_blocks, segment_blocks
-
     if needs_blocks(image.shape, spec):
-        labels = segment_blocks(image, predictor, spec, timings)
+        labels = blocks.segment_blocks(image, predictor, spec, timings)
         return lambda: labels
     outputs = predict_outputs(image, predictor, spec, timings)
 

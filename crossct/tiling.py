@@ -127,6 +127,17 @@ class TileBlender:
             concurrency: int = 1, row_offset: int = 0) -> None:
         """Run the network on ``image[:, y:y+t, x:x+t]`` for each (y, x) of ``tiles`` and blend the
         outputs in at canvas row ``y + row_offset``, column ``x``."""
+        for batch, weighted in self.run(image, tiles, predict_batch, concurrency):
+            self.accumulate(batch, weighted, row_offset)
+
+    def run(self, image: np.ndarray, tiles: list[tuple[int, int]], predict_batch: PredictBatch,
+            concurrency: int = 1) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
+        """The network's outputs for ``tiles`` of ``image``, already multiplied by the blending window:
+        (tiles of one batch, (B, K, t, t) float32), batch after batch in ``tiles`` order.
+
+        Batches hold ``batch_size`` consecutive tiles, so the same tile list always makes the same
+        network calls (a predictor's floating-point results may depend on the batch it is in).
+        """
         if concurrency < 1:
             raise ValueError(f"concurrency={concurrency} must be >= 1")
         tile, window = self.tile, self.window
@@ -143,15 +154,22 @@ class TileBlender:
 
         batches = list(_batches(tiles, self.config.batch_size))
         for batch, outputs in zip(batches, ordered_map(run, batches, concurrency)):
-            if self.accum is None:
-                self.accum = np.zeros((outputs.shape[1], *self.weight.shape), np.float32)
             if not outputs.flags.writeable:
                 outputs = outputs.copy()
             outputs *= window  # in place: no temporary per tile
-            for (y, x), out in zip(batch, outputs):
-                y += row_offset
-                self.accum[:, y : y + tile, x : x + tile] += out
-                self.weight[y : y + tile, x : x + tile] += window
+            yield batch, outputs
+
+    def accumulate(self, tiles: list[tuple[int, int]], weighted: np.ndarray, row_offset: int = 0,
+                   col_offset: int = 0) -> None:
+        """Add window-weighted outputs ((B, K, t, t), from :meth:`run`) of ``tiles`` at canvas
+        row ``y + row_offset``, column ``x + col_offset``, one tile after another in ``tiles`` order."""
+        tile, window = self.tile, self.window
+        if self.accum is None:
+            self.accum = np.zeros((weighted.shape[1], *self.weight.shape), np.float32)
+        for (y, x), out in zip(tiles, weighted):
+            y, x = y + row_offset, x + col_offset
+            self.accum[:, y : y + tile, x : x + tile] += out
+            self.weight[y : y + tile, x : x + tile] += window
 
     def result(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
         """(K, rows, cols) float32: the blended outputs of a finished part of the canvas (a new array).
