@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-existing", action="store_true", help="skip images whose label file already exists (resume)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the summary")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    slide = p.add_argument_group("whole slides in OME-Zarr, block-parallel on Dask (pip install 'crossct[zarr]')")
+    slide.add_argument("--zarr", metavar="STORE", default=None,
+                       help="segment the image of this OME-Zarr store and write labels/crossct into it (-i/-o unused)")
+    slide.add_argument("--level", type=int, default=0, help="resolution level of --zarr to segment (0 = full resolution)")
+    slide.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                       help="dask.distributed scheduler to run on (e.g. tcp://host:8786); default: a local cluster")
+    slide.add_argument("--workers", type=int, default=1, help="worker processes of the local cluster (without --scheduler)")
     return p
 
 
@@ -87,6 +94,10 @@ def _progress(items, enabled: bool):
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.quiet, args.verbose)
+    if args.zarr is not None:
+        from .zarr_predict import predict_zarr
+
+        return predict_zarr(args)
     problem = _check_folders(args)
     if problem:
         logger.error(problem)
