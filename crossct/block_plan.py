@@ -158,13 +158,13 @@ def _covering(starts: list[int], tile: int, start: int, stop: int) -> range:
 
 
 def centroids(labels: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(n + 1,) row and column centroids of labels 0..n (0 where a label has no pixel)."""
+    """(n + 1,) row and column centroids of labels 0..n (NaN where a label has no pixel)."""
     ys, xs = np.nonzero(labels)
     ids = labels[ys, xs]
     counts = np.bincount(ids, minlength=n + 1).astype(np.float64)
-    counts[counts == 0] = 1
-    cy = np.bincount(ids, weights=ys, minlength=n + 1) / counts
-    cx = np.bincount(ids, weights=xs, minlength=n + 1) / counts
+    with np.errstate(invalid="ignore"):
+        cy = np.bincount(ids, weights=ys, minlength=n + 1) / counts
+        cx = np.bincount(ids, weights=xs, minlength=n + 1) / counts
     return cy, cx
 
 
@@ -187,7 +187,7 @@ def cells_kept_by(local: np.ndarray, core: Box, origin: tuple[int, int]) -> tupl
     y0, y1, x0, x1 = core
     cy, cx = centroids(local, n)
     cy, cx = cy + origin[0], cx + origin[1]
-    keep = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)
+    keep = (cy >= y0) & (cy < y1) & (cx >= x0) & (cx < x1)  # False for absent labels (NaN)
     keep[0] = False
     ranks = np.zeros(n + 1, np.uint32)
     kept = np.flatnonzero(keep)

@@ -283,3 +283,25 @@ def test_cli_reports_unusable_stores_and_weights(tmp_path, caplog):
     assert cli.main(["--zarr", str(store), "-w", str(tmp_path / "no-weights")]) == 2
     assert "no model weights found" in caplog.text
     assert not (store / "labels").exists()
+
+
+def test_cells_larger_than_the_margin_are_stitched_as_in_memory(monkeypatch):
+    """Cells up to 90 px across with a 16 px margin: neighbouring blocks segment them differently
+    near their extents' edges and claim the same pixels; the first block in order keeps them, on
+    Dask as in memory."""
+    import crossct.blocks as blocks
+
+    contested = []
+    real = blocks.survivors
+
+    def spy(kept, k, claimed):
+        contested.append(int(((kept > 0) & claimed).sum()))
+        return real(kept, k, claimed)
+
+    monkeypatch.setattr(blocks, "survivors", spy)
+    image, _ = synthetic_cells(600, 700, n_cells=150, radius=(15, 45), seed=0, touching=0.5)
+    want = segment_blocks(image, ContextNet(_spec(200, 16)))
+    assert sum(contested) > 1000
+    with dask.config.set(scheduler="sync"):
+        got = segment_dask(da.from_array(image, chunks=256), ContextNetLoader(200, 16)).compute()
+    np.testing.assert_array_equal(got, want)
