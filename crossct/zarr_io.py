@@ -3,7 +3,7 @@
 - :func:`read_ome_zarr`: the image of a store (any axes of ``t c z y x`` with ``t = z = 1``) as an
   (H, W, C) Dask array at one level of its pyramid, read lazily chunk by chunk (``ome-zarr``).
 - :func:`write_ome_zarr_labels`: labels as the store's ``labels/<name>`` group: a multiscale
-  pyramid (nearest-neighbour halving) with the NGFF ``image-label`` metadata and the image level's
+  pyramid (halved by taking every other pixel) with the NGFF ``image-label`` metadata and the image level's
   scale and translation, in the store's own NGFF version, so napari and other NGFF viewers overlay
   them.  Written to a scratch folder beside the store and moved into place at the end: a killed run
   leaves the store as it was, and an earlier ``labels/<name>`` is replaced only by a complete one.
@@ -29,7 +29,7 @@ try:
     from ome_zarr.format import Format
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader
-    from ome_zarr.writer import add_metadata, get_metadata, write_labels
+    from ome_zarr.writer import add_metadata, get_metadata, write_multiscale_labels
 except ImportError as exc:  # pragma: no cover - exercised by a plain install
     raise ImportError(
         "OME-Zarr support needs the optional extra: pip install 'crossct[zarr]' (dask, distributed, zarr, ome-zarr)"
@@ -114,7 +114,7 @@ def _level_transform(transforms: list | None, level: int) -> tuple[tuple[float, 
 def write_ome_zarr_labels(source: OmeZarrImage, labels: "da.Array", name: str = DEFAULT_LABELS_NAME) -> int:
     """Compute ``labels`` ((H, W) of ``source.image``) into ``labels/<name>`` of the source's store.
 
-    The pyramid halves y and x per level (nearest neighbour: label values are kept, never mixed)
+    The pyramid halves y and x per level (every other pixel: label values are kept, never mixed)
     until a level is no larger than :data:`MIN_LEVEL_SIDE` on its shorter side; the arrays take the image's axes (``c``, ``t``, ``z`` of size 1),
     its chunk size in y and x, and its level's scale and translation.  Everything, the cell count
     included, is computed in one pass of ``labels``'s graph.  Returns the largest label.
@@ -123,36 +123,41 @@ def write_ome_zarr_labels(source: OmeZarrImage, labels: "da.Array", name: str = 
     if labels.shape != (height, width):
         raise ValueError(f"labels (shape {labels.shape}) must match the image {source.store} (shape {(height, width)})")
     chunk_y, chunk_x = (source.data.chunksize[source.axes.index(a)] for a in ("y", "x"))
-    shaped = labels.rechunk((chunk_y, chunk_x))[tuple(slice(None) if a in ("y", "x") else None for a in source.axes)]
     n_levels = 1
     while min(height, width) >> (n_levels - 1) > MIN_LEVEL_SIDE:
         n_levels += 1
-    scale = dict(zip(source.axes, source.scale)) if source.scale else None
-
     scratch = source.store.parent / f".{source.store.name}.{name}-partial-{os.getpid()}"
     shutil.rmtree(scratch, ignore_errors=True)
     try:
-        root = zarr.open_group(str(scratch), mode="w", zarr_format=source.fmt.zarr_format)
-        pending = write_labels(shaped, root, name=name, scaler=None,
-                               scale_factors=tuple(2**k for k in range(1, n_levels)), axes=list(source.axes),
-                               scale=scale, fmt=source.fmt, compute=False)
-        *_, largest = dask.compute(*pending, labels.max())
-        if source.translation:
-            _shift_translations(root[f"labels/{name}"], source.translation, source.fmt)
-        _move_into_place(scratch / "labels" / name, source, name)
+        # Full resolution first, in one pass of the graph (the labels are computed once); the
+        # smaller levels are then read back from it: ome-zarr would compute the graph per level.
+        full = str(scratch / "full")
+        stored = da.to_zarr(labels.rechunk((chunk_y, chunk_x)), full, compute=False, zarr_format=source.fmt.zarr_format)
+        _, largest = dask.compute(stored, labels.max())
+        base = da.from_zarr(full)
+        expand = tuple(slice(None) if a in ("y", "x") else None for a in source.axes)
+        pyramid = [base[:: 2**k, :: 2**k].rechunk((chunk_y, chunk_x))[expand] for k in range(n_levels)]
+        root = zarr.open_group(str(scratch / "root"), mode="w", zarr_format=source.fmt.zarr_format)
+        write_multiscale_labels(pyramid, root, name=name, axes=list(source.axes), fmt=source.fmt)
+        _striding_transforms(root[f"labels/{name}"], source)
+        _move_into_place(scratch / "root" / "labels" / name, source, name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return int(largest)
 
 
-def _shift_translations(group: "zarr.Group", translation: tuple[float, ...], fmt: Format) -> None:
-    """Add the image level's translation to every labels level's (ome-zarr writes them for a level at 0)."""
+def _striding_transforms(group: "zarr.Group", source: OmeZarrImage) -> None:
+    """Level k's pixel (i, j) is the labels' pixel (i 2^k, j 2^k): scale x 2^k in y and x, and the
+    image level's translation unchanged (ome-zarr writes the transforms of an averaging resize)."""
+    ndim = len(source.axes)
+    scale = list(source.scale or [1.0] * ndim)
+    translation = list(source.translation or [0.0] * ndim)
     multiscales = get_metadata(group)["multiscales"]
-    for dataset in multiscales[0]["datasets"]:
-        for transform in dataset["coordinateTransformations"]:
-            if transform.get("type") == "translation":
-                transform["translation"] = [a + b for a, b in zip(transform["translation"], translation)]
-    add_metadata(group, {"multiscales": multiscales}, fmt=fmt)
+    for k, dataset in enumerate(multiscales[0]["datasets"]):
+        level_scale = [v * 2**k if a in ("y", "x") else v for a, v in zip(source.axes, scale)]
+        dataset["coordinateTransformations"] = [{"type": "scale", "scale": level_scale},
+                                                {"type": "translation", "translation": translation}]
+    add_metadata(group, {"multiscales": multiscales}, fmt=source.fmt)
 
 
 def _move_into_place(written: Path, source: OmeZarrImage, name: str) -> None:
