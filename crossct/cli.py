@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="segment the image of this OME-Zarr store and write labels/crossct into it (-i/-o unused)")
     slide.add_argument("--level", type=int, default=0, help="resolution level of --zarr to segment (0 = full resolution)")
     slide.add_argument("--scheduler", metavar="ADDRESS", default=None,
-                       help="dask.distributed scheduler to run on (e.g. tcp://host:8786); default: a local cluster")
+                       help="dask.distributed scheduler to run on (e.g. tcp://host:8786); none: a local cluster")
     slide.add_argument("--workers", type=int, default=1, help="worker processes of the local cluster (without --scheduler)")
     return p
 

@@ -311,3 +311,9 @@ def test_cells_larger_than_the_margin_are_stitched_as_in_memory(monkeypatch):
     with dask.config.set(scheduler="sync"):
         got = segment_dask(da.from_array(image, chunks=256), ContextNetLoader(200, 16)).compute()
     np.testing.assert_array_equal(got, want)
+
+
+def test_cli_without_the_extra_says_what_to_install(tmp_path, caplog, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as on a plain install
+    assert cli.main(["--zarr", str(tmp_path / "slide.zarr")]) == 2
+    assert "pip install 'crossct[zarr]'" in caplog.text
