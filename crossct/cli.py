@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: CUDA when available, else CPU")
     p.add_argument("--postprocess", choices=["watershed", "threshold"], default=None,
                    help="override the weights' post-processing (threshold = the organisers' interior > 0.5)")
+    p.add_argument("--diameter", metavar="PX", default=None,
+                   help="typical cell diameter in pixels: the image is rescaled so that its cells match the sizes "
+                        "the network was trained on; 'auto' measures it per image (a second pass only for images "
+                        "whose cells are far from those sizes); default: the weights' setting")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip test-time augmentation (4 network passes per tile, outputs averaged); "
+                        "default: the weights' setting")
     p.add_argument("--overlay", metavar="DIR", default=None, help="also write PNG previews with cell outlines here")
     p.add_argument("--skip-existing", action="store_true",
                    help="skip images whose label file (and overlay, with --overlay) already exists (resume)")
@@ -64,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_report_arguments(p)
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and the summary")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    slide = p.add_argument_group("whole slides in OME-Zarr, block-parallel on Dask (pip install 'crossct[zarr]')")
+    slide.add_argument("--zarr", metavar="STORE", default=None,
+                       help="segment the image of this OME-Zarr store and write labels/crossct into it (-i/-o unused)")
+    slide.add_argument("--level", type=int, default=0, help="resolution level of --zarr to segment (0 = full resolution)")
+    slide.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                       help="dask.distributed scheduler to run on (e.g. tcp://host:8786); none: a local cluster")
+    slide.add_argument("--workers", type=int, default=1, help="worker processes of the local cluster (without --scheduler)")
     return p
 
 
@@ -124,11 +138,41 @@ def _progress(enabled: bool):
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.quiet, args.verbose)
+    if args.zarr is not None:
+        from .zarr_predict import predict_zarr
+
+        return predict_zarr(args)
     try:
         return _run(args)
     except _Fatal as exc:
         logger.error("%s", exc)
         return EXIT_FATAL
+
+
+def _diameter(text: str | None) -> float | None:
+    """``--diameter``: None (the weights' setting), 0.0 ('auto') or a positive number of pixels."""
+    if text is None:
+        return None
+    if text.strip().lower() == "auto":
+        return 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < 10000):
+        raise _Fatal(f"--diameter {text!r}: give a cell diameter in pixels (a number above 0) or 'auto'")
+    return value
+
+
+def _test_time_options(spec, args: argparse.Namespace):
+    """``spec`` with ``--diameter`` and ``--tta`` applied."""
+    diameter = _diameter(args.diameter)
+    if diameter is not None:
+        size = dataclasses.replace(spec.size, diameter=diameter, auto=spec.size.auto or diameter == 0.0)
+        spec = spec.replace(size=size)
+    if args.tta is not None:
+        spec = spec.replace(test_time=dataclasses.replace(spec.test_time, flips=args.tta))
+    return spec
 
 
 class _Fatal(Exception):
@@ -166,6 +210,7 @@ def _run(args: argparse.Namespace) -> int:
     spec = predictor.spec
     if args.postprocess:
         spec = spec.replace(postprocess=dataclasses.replace(spec.postprocess, method=args.postprocess))
+    spec = _test_time_options(spec, args)
 
     start = time.perf_counter()
     with _progress(not args.quiet) as progress:

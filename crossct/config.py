@@ -25,6 +25,8 @@ __all__ = [
     "NormalizeConfig",
     "TilingConfig",
     "PostprocessConfig",
+    "SizeConfig",
+    "TestTimeConfig",
     "ModelConfig",
     "ModelSpec",
     "NETWORK_ARGUMENTS",
@@ -102,6 +104,39 @@ class PostprocessConfig(Checked):
     min_seed_size: int = setting(3, ge=0)
     min_size: int = setting(16, ge=0)  # objects smaller than this (pixels) are removed
     interior_threshold: float = setting(0.5, ge=0, lt=1)
+
+
+@dataclass(frozen=True)
+class SizeConfig(Checked):
+    """Cell size: images whose cells are far from the sizes the network was trained on are
+    segmented at a scale that brings them into range (see :func:`crossct.pipeline.segment_stages`).
+
+    ``diameter`` > 0: the user's cell diameter (px); the image is rescaled by
+    ``reference_diameter / diameter``.  Else, with ``auto``, a first segmentation at the image's own
+    scale measures the median cell diameter ``d``; only when ``d`` is outside
+    ``[min_diameter, max_diameter]`` is the image segmented again, rescaled by
+    ``reference_diameter / d`` (the factor kept within ``[1 / max_zoom, max_zoom]``).  Labels are
+    always returned at the image's own size.
+    """
+
+    auto: bool = False
+    diameter: float = setting(0.0, ge=0, le=10000)
+    reference_diameter: float = setting(30.0, gt=0, le=10000)
+    min_diameter: float = setting(10.0, gt=0, le=10000)
+    max_diameter: float = setting(80.0, gt=0, le=10000)
+    max_zoom: float = setting(4.0, ge=1, le=16)
+
+    def _check(self) -> None:
+        if not self.min_diameter < self.max_diameter:
+            raise SpecError("max_diameter", f"must be above min_diameter ({self.min_diameter}), got {self.max_diameter}")
+
+
+@dataclass(frozen=True)
+class TestTimeConfig(Checked):
+    """Test-time augmentation: ``flips`` averages the network's outputs over the image and its
+    horizontal, vertical and double flips (4 network passes; thresholds should be tuned with it)."""
+
+    flips: bool = False
 
 
 # ----------------------------------------------------------------------------- network arguments
@@ -227,6 +262,8 @@ class ModelSpec(Checked):
     normalize: NormalizeConfig = NormalizeConfig()
     tiling: TilingConfig = TilingConfig()
     postprocess: PostprocessConfig = PostprocessConfig()
+    size: SizeConfig = SizeConfig()
+    test_time: TestTimeConfig = TestTimeConfig()
     output_channels: tuple[str, ...] = OUTPUT_CHANNELS
     # sha256 of the weight files this spec belongs to, by file name; verified at load.
     checksums: dict[str, str] = setting({}, check=_checksums_problem)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .config import NormalizeConfig
 
-__all__ = ["to_three_channels", "channel_bounds", "normalize_image"]
+__all__ = ["to_three_channels", "channel_bounds", "normalize_image", "sample_step", "source_channels", "bounds_of_samples"]
 
 # Percentiles of very large images are estimated on a regular subsample: exact enough for a
 # 1-99 % range and keeps normalisation linear-time on whole slides.
@@ -48,14 +48,22 @@ def _finite(channel: np.ndarray) -> np.ndarray:
     return channel
 
 
-def _percentiles(channel: np.ndarray, lower: float, upper: float) -> tuple[float, float] | None:
-    flat = channel.reshape(-1)
-    if flat.size > _MAX_PERCENTILE_SAMPLES:
-        flat = flat[:: flat.size // _MAX_PERCENTILE_SAMPLES + 1]
-    nonzero = flat[flat != 0]
+def sample_step(n_pixels: int) -> int:
+    """Every how many pixels (in row-major order) a channel of ``n_pixels`` is sampled for its percentiles."""
+    return n_pixels // _MAX_PERCENTILE_SAMPLES + 1 if n_pixels > _MAX_PERCENTILE_SAMPLES else 1
+
+
+def source_channels(n_channels: int) -> list[int | None]:
+    """The image channel each of the 3 model channels is measured on (None: no such channel)."""
+    return [0, 0, 0] if n_channels == 1 else [c if c < n_channels else None for c in range(3)]
+
+
+def bounds_of_samples(samples: np.ndarray, config: NormalizeConfig = NormalizeConfig()) -> tuple[float, float] | None:
+    """(low, high) percentiles of the non-zero values of a channel's float32 samples (None: all zero)."""
+    nonzero = samples[samples != 0]
     if nonzero.size == 0:
         return None
-    lo, hi = np.percentile(nonzero, [lower, upper])
+    lo, hi = np.percentile(nonzero, [config.lower_percentile, config.upper_percentile])
     return float(lo), float(hi)
 
 
@@ -63,21 +71,22 @@ def channel_bounds(image: np.ndarray, config: NormalizeConfig = NormalizeConfig(
     """The (low, high) percentiles of each of the 3 model channels' non-zero pixels (None: all zero).
 
     Computed once per distinct source channel (a gray image is measured once, not three times)
-    and on a regular subsample of very large images, so a whole slide is measured in one pass
-    and its blocks can then be normalised alike.
+    and on a regular subsample of very large images (every :func:`sample_step`-th pixel), so a
+    whole slide is measured in one pass and its blocks can then be normalised alike.
+    :mod:`crossct.dask_blocks` takes the same samples chunk by chunk.
     """
     image = np.asarray(image)
     if image.ndim == 2:
         image = image[:, :, None]
-    source = [0, 0, 0] if image.shape[2] == 1 else [c if c < image.shape[2] else None for c in range(3)]
     measured: dict[int, tuple[float, float] | None] = {}
     bounds: list[tuple[float, float] | None] = []
-    for c in source:
+    for c in source_channels(image.shape[2]):
         if c is None:
             bounds.append(None)
             continue
         if c not in measured:
-            measured[c] = _percentiles(_finite(image[:, :, c]), config.lower_percentile, config.upper_percentile)
+            flat = _finite(image[:, :, c]).reshape(-1)
+            measured[c] = bounds_of_samples(flat[:: sample_step(flat.size)], config)
         bounds.append(measured[c])
     return bounds
 

@@ -1,56 +1,36 @@
-"""segment(image, predictor): the inference chain, in order.
+"""segment(image, predictor): the inference chain, in order, and the one place that picks the path.
 
 read -> normalise -> tile + run network -> blend -> post-process -> labels.
+
+An image that fits (:func:`crossct.block_plan.needs_blocks` says no) goes down that line in one
+piece (:mod:`crossct.whole_image`, then :mod:`crossct.postprocess`); a larger one goes block by
+block (:mod:`crossct.blocks`, following :mod:`crossct.block_plan`).  :mod:`crossct.dask_blocks`
+runs the same plan on a Dask cluster and defers to :func:`segment` for images that fit.
 """
 
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
 
-from .config import ModelSpec, TilingConfig
-from .normalize import normalize_image
+from . import blocks
+from .block_plan import needs_blocks
+from .config import ModelSpec, SizeConfig
 from .postprocess import postprocess
 from .predictors import Predictor
-from .tiling import sliding_window
+from .size import median_diameter, resize_image, resize_labels
+from .tta import with_test_time
+from .whole_image import Timings, predict_outputs, tiling_for
 
-__all__ = ["segment", "segment_stages", "predict_outputs", "tiling_for", "Timings"]
+__all__ = ["segment", "segment_stages", "zoom_factor", "predict_outputs", "tiling_for", "Timings"]
 
+logger = logging.getLogger(__name__)
 
-@dataclass
-class Timings:
-    """Seconds spent in each step of one :func:`segment` call."""
-
-    normalize: float = 0.0
-    model: float = 0.0
-    postprocess: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
-
-
-def tiling_for(predictor: Predictor, tiling: TilingConfig) -> TilingConfig:
-    """``tiling`` with the batch size for the predictor's device (GPU: ``batch_size``, CPU: ``cpu_batch_size``)."""
-    if getattr(predictor, "on_gpu", False) or tiling.batch_size == tiling.cpu_batch_size:
-        return tiling
-    return replace(tiling, batch_size=tiling.cpu_batch_size)
-
-
-def predict_outputs(image: np.ndarray, predictor: Predictor, spec: ModelSpec | None = None,
-                    timings: Timings | None = None) -> np.ndarray:
-    """(H, W, C) raw image -> (5, H, W) float32 blended network outputs."""
-    spec = spec or predictor.spec
-    timings = timings if timings is not None else Timings()
-    t0 = time.perf_counter()
-    x = normalize_image(image, spec.normalize, channels_first=True)
-    t1 = time.perf_counter()
-    tiling = tiling_for(predictor, spec.tiling)
-    outputs = sliding_window(x, predictor.predict, tiling, out_channels=len(spec.output_channels),
-                             concurrency=getattr(predictor, "concurrent_calls", 1))
-    timings.normalize += t1 - t0
-    timings.model += time.perf_counter() - t1
-    return outputs
+# Largest image (pixels) that small cells are enlarged to; larger images stay at their own scale.
+MAX_ZOOMED_PIXELS = 64_000_000
 
 
 def segment(image: np.ndarray, predictor: Predictor, spec: ModelSpec | None = None,
@@ -77,15 +57,54 @@ def segment_stages(image: np.ndarray, predictor: Predictor, spec: ModelSpec | No
     """:func:`segment` in two stages: runs normalisation + network now and returns the rest
     (post-processing) as a function, so a batch can post-process one image on another thread
     while the next goes through the network.  Images segmented block by block are done in the
-    first stage (their post-processing is interleaved with the network already)."""
+    first stage (their post-processing is interleaved with the network already).
+
+    ``spec.test_time.flips`` averages the network over flips; ``spec.size`` rescales images whose
+    cells are far from the trained sizes (a given diameter, or one measured by a first pass: that
+    pass then completes in the first stage).  Labels always come back at the image's own size.
+    """
     spec = spec or predictor.spec
     timings = timings if timings is not None else Timings()
     if image.ndim == 2:
         image = image[:, :, None]
-    from .blocks import needs_blocks, segment_blocks
+    predictor = with_test_time(predictor, spec.test_time.flips)
+    size = spec.size
+    if size.diameter > 0:
+        factor = zoom_factor(size.diameter, size)
+    elif size.auto:
+        labels = _segment_stages(image, predictor, spec, timings)()
+        diameter = median_diameter(labels)
+        inside = not np.isfinite(diameter) or size.min_diameter <= diameter <= size.max_diameter
+        factor = 1.0 if inside else zoom_factor(diameter, size)
+        logger.debug("median cell diameter %.1f px: %s", diameter,
+                     "kept" if factor == 1.0 else f"segmenting again at {factor:.3g} x")
+        if factor == 1.0:
+            return lambda: labels
+    else:
+        factor = 1.0
+    if factor > 1.0:
+        # Enlarging multiplies memory and time by factor^2: never beyond MAX_ZOOMED_PIXELS.
+        pixels = image.shape[0] * image.shape[1]
+        factor = min(factor, max(1.0, (MAX_ZOOMED_PIXELS / pixels) ** 0.5))
+        factor = 1.0 if factor < 1.05 else factor
+    if factor == 1.0:
+        return _segment_stages(image, predictor, spec, timings)
+    finish = _segment_stages(resize_image(image, factor), predictor, spec, timings)
+    return lambda: resize_labels(finish(), image.shape[:2])
 
+
+def zoom_factor(diameter: float, size: SizeConfig) -> float:
+    """The rescaling that brings cells of ``diameter`` px to ``size.reference_diameter``, within
+    ``[1 / max_zoom, max_zoom]``; 1 when that is within 5 % of 1 (not worth a resampling)."""
+    factor = float(np.clip(size.reference_diameter / diameter, 1.0 / size.max_zoom, size.max_zoom))
+    return 1.0 if abs(factor - 1.0) < 0.05 else factor
+
+
+def _segment_stages(image: np.ndarray, predictor: Predictor, spec: ModelSpec,
+                    timings: Timings) -> Callable[[], np.ndarray]:
+    """The two stages of one image at its given scale: whole, or block by block."""
     if needs_blocks(image.shape, spec):
-        labels = segment_blocks(image, predictor, spec, timings)
+        labels = blocks.segment_blocks(image, predictor, spec, timings)
         return lambda: labels
     outputs = predict_outputs(image, predictor, spec, timings)
 

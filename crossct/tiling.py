@@ -15,7 +15,8 @@ import numpy as np
 from .config import TilingConfig
 from .parallel import ordered_map
 
-__all__ = ["tile_starts", "tile_grid", "blending_window", "sliding_window", "pad_to_tile", "TileBlender", "PredictBatch"]
+__all__ = ["tile_starts", "tile_grid", "blending_window", "sliding_window", "pad_to_tile", "weighted_tile_outputs",
+           "transposed_predict", "TileBlender", "PredictBatch"]
 
 # (B, C, t, t) float32 -> (B, K, t, t) float32
 PredictBatch = Callable[[np.ndarray], np.ndarray]
@@ -108,12 +109,53 @@ def pad_to_tile(image: np.ndarray, tile: int) -> np.ndarray:
     return padded
 
 
+def weighted_tile_outputs(image: np.ndarray, tiles: list[tuple[int, int]], predict_batch: PredictBatch,
+                          config: TilingConfig, concurrency: int = 1) -> Iterator[tuple[list[tuple[int, int]], np.ndarray]]:
+    """Run the network on ``image[:, y:y+t, x:x+t]`` for each (y, x) of ``tiles``; yields the outputs
+    already multiplied by the blending window: (the batch's tiles, (B, K, t, t) float32), in ``tiles`` order.
+
+    Batches hold ``config.batch_size`` consecutive tiles, so the same tile list always makes the
+    same network calls (a predictor's floating-point results may depend on the batch a tile is in).
+    """
+    if concurrency < 1:
+        raise ValueError(f"concurrency={concurrency} must be >= 1")
+    tile = config.tile_size
+    window = blending_window(tile, config.blending, config.sigma_scale)
+
+    def run(batch: list[tuple[int, int]]) -> np.ndarray:
+        tiles_ = np.stack([image[:, y : y + tile, x : x + tile] for y, x in batch]).astype(np.float32, copy=False)
+        outputs = np.asarray(predict_batch(tiles_))
+        if outputs.shape[0] != len(batch) or outputs.shape[2:] != (tile, tile):
+            raise ValueError(
+                f"predictor returned shape {outputs.shape} for a batch of shape {tiles_.shape}; "
+                f"expected ({len(batch)}, K, {tile}, {tile})"
+            )
+        return outputs
+
+    batches = list(_batches(tiles, config.batch_size))
+    for batch, outputs in zip(batches, ordered_map(run, batches, concurrency)):
+        if not outputs.flags.writeable:
+            outputs = outputs.copy()
+        outputs *= window  # in place: no temporary per tile
+        yield batch, outputs
+
+
+def transposed_predict(predict: PredictBatch) -> PredictBatch:
+    """The network seen from a transposed image: tiles go in, and outputs come out, transposed back."""
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return predict(np.ascontiguousarray(batch.transpose(0, 1, 3, 2))).transpose(0, 1, 3, 2)
+
+    return run
+
+
 class TileBlender:
     """Weighted sums of tile outputs over a (rows, cols) canvas; :meth:`result` divides them out.
 
     :func:`sliding_window` uses one canvas for the whole image; :mod:`crossct.blocks` streams a
-    whole slide through a canvas of a few tile rows, :meth:`shift`-ing finished rows out.  Each
-    pixel's sum is accumulated in tile order either way, so both give the same bits.
+    whole slide through a canvas of a few tile rows, :meth:`shift`-ing finished rows out;
+    :mod:`crossct.dask_blocks` blends each block's tiles on a canvas of its own.  Each pixel's sum
+    is accumulated in tile order every way, so all give the same bits.
     """
 
     def __init__(self, shape: tuple[int, int], config: TilingConfig, out_channels: int | None = None) -> None:
@@ -127,31 +169,20 @@ class TileBlender:
             concurrency: int = 1, row_offset: int = 0) -> None:
         """Run the network on ``image[:, y:y+t, x:x+t]`` for each (y, x) of ``tiles`` and blend the
         outputs in at canvas row ``y + row_offset``, column ``x``."""
-        if concurrency < 1:
-            raise ValueError(f"concurrency={concurrency} must be >= 1")
+        for batch, weighted in weighted_tile_outputs(image, tiles, predict_batch, self.config, concurrency):
+            self.accumulate(batch, weighted, row_offset)
+
+    def accumulate(self, tiles: list[tuple[int, int]], weighted: np.ndarray, row_offset: int = 0,
+                   col_offset: int = 0) -> None:
+        """Add window-weighted outputs ((B, K, t, t), from :func:`weighted_tile_outputs`) of ``tiles`` at canvas
+        row ``y + row_offset``, column ``x + col_offset``, one tile after another in ``tiles`` order."""
         tile, window = self.tile, self.window
-
-        def run(batch: list[tuple[int, int]]) -> np.ndarray:
-            tiles_ = np.stack([image[:, y : y + tile, x : x + tile] for y, x in batch]).astype(np.float32, copy=False)
-            outputs = np.asarray(predict_batch(tiles_))
-            if outputs.shape[0] != len(batch) or outputs.shape[2:] != (tile, tile):
-                raise ValueError(
-                    f"predictor returned shape {outputs.shape} for a batch of shape {tiles_.shape}; "
-                    f"expected ({len(batch)}, K, {tile}, {tile})"
-                )
-            return outputs
-
-        batches = list(_batches(tiles, self.config.batch_size))
-        for batch, outputs in zip(batches, ordered_map(run, batches, concurrency)):
-            if self.accum is None:
-                self.accum = np.zeros((outputs.shape[1], *self.weight.shape), np.float32)
-            if not outputs.flags.writeable:
-                outputs = outputs.copy()
-            outputs *= window  # in place: no temporary per tile
-            for (y, x), out in zip(batch, outputs):
-                y += row_offset
-                self.accum[:, y : y + tile, x : x + tile] += out
-                self.weight[y : y + tile, x : x + tile] += window
+        if self.accum is None:
+            self.accum = np.zeros((weighted.shape[1], *self.weight.shape), np.float32)
+        for (y, x), out in zip(tiles, weighted):
+            y, x = y + row_offset, x + col_offset
+            self.accum[:, y : y + tile, x : x + tile] += out
+            self.weight[y : y + tile, x : x + tile] += window
 
     def result(self, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
         """(K, rows, cols) float32: the blended outputs of a finished part of the canvas (a new array).

@@ -30,7 +30,8 @@ def test_defaults_are_the_weights_own(shipped):
     post, tiling = shipped.spec.postprocess, shipped.spec.tiling
     assert values == {"method": post.method, "seed_threshold": post.seed_threshold,
                       "mask_threshold": post.mask_threshold, "interior_threshold": post.interior_threshold,
-                      "min_size": post.min_size, "overlap": tiling.overlap}
+                      "min_size": post.min_size, "overlap": tiling.overlap, "tta": shipped.spec.test_time.flips,
+                      "auto_size": shipped.spec.size.auto, "diameter": shipped.spec.size.diameter}
     assert values["seed_threshold"] != ModelSpec().postprocess.seed_threshold  # tuned, not the class default
 
 
@@ -39,11 +40,11 @@ def test_apply_settings_replaces_fields_and_checks_them(shipped):
     assert (spec.postprocess.method, spec.postprocess.min_size, spec.tiling.overlap) == ("threshold", 5, 0.5)
     assert spec.postprocess.seed_threshold == shipped.spec.postprocess.seed_threshold and keywords == {}
     assert shipped.spec.tiling.overlap == 0.25  # the predictor's spec is not modified
-    with pytest.raises(ValueError, match=r"unknown settings \['diameter'\]; valid: \["):
-        apply_settings(shipped.spec, {"diameter": 30})
-    with pytest.raises(ValueError, match=r"overlap=1.0 must be in \[0, 1\)"):
+    with pytest.raises(ValueError, match=r"unknown settings \['radius'\]; valid: \["):
+        apply_settings(shipped.spec, {"radius": 30})
+    with pytest.raises(ValueError, match=r"overlap: 1.0 must be >= 0"):
         apply_settings(shipped.spec, {"overlap": 1.0})
-    with pytest.raises(ValueError, match="method='otsu' is not one of"):
+    with pytest.raises(ValueError, match="method: \"otsu\" is not one of"):
         apply_settings(shipped.spec, {"method": "otsu"})
 
 
@@ -156,5 +157,5 @@ def test_user_errors_become_messages(case, shipped, tmp_path):
     assert outcome.status == "failed" and outcome.labels is None
     assert outcome.message.startswith("CrossCT could not segment 'img': ")
     expected = {"stack": "has shape (4, 384, 512)", "weights": f"no model weights found at {tmp_path}",
-                "setting": "overlap=1.0 must be in [0, 1)"}[case]
+                "setting": "overlap: 1.0 must be >= 0"}[case]
     assert expected in outcome.message

@@ -4,9 +4,7 @@ Each :class:`Setting` says where its value goes: a field of the weights' :class:
 (``"postprocess.seed_threshold"``), whose default is the weights' own value, or a keyword argument
 of :func:`crossct.pipeline.segment` (target :data:`SEGMENT`), whose default is that function's.
 The widget builds one control per row of :data:`SETTINGS`, so offering a new pipeline option
-(a cell diameter, test-time augmentation, once ``segment`` takes them) is one more row, e.g.::
-
-    Setting("tta", "test-time augmentation", SEGMENT),
+(such as the cell diameter or flip averaging below) is one more row.
 """
 
 from __future__ import annotations
@@ -56,6 +54,13 @@ SETTINGS: tuple[Setting, ...] = (
             tooltip="smaller objects are removed"),
     Setting("overlap", "tile overlap", "tiling.overlap", minimum=0.0, maximum=0.75, step=0.05,
             tooltip="fraction of each 256-px tile shared with its neighbours (more: smoother, slower)"),
+    Setting("tta", "flip averaging", "test_time.flips",
+            tooltip="average the network over the image's flips (4 passes: slower, often cleaner outlines)"),
+    Setting("auto_size", "automatic cell size", "size.auto",
+            tooltip="measure the cells' size and segment again at a better scale when they are far from the "
+                    "sizes the network was trained on"),
+    Setting("diameter", "cell diameter (px, 0 = not given)", "size.diameter", minimum=0.0, maximum=1000.0, step=1.0,
+            tooltip="cells' typical diameter: the image is rescaled to the trained sizes (0: use automatic size, if on)"),
 )
 
 

@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m crossct.train", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("full", add_help=False, help="the whole protocol (both networks, cross-teaching, export, tuning) "
+                   "inside one time budget (python -m crossct.train full --help)")
     sub.add_parser("pack", add_help=False, help="write every image and label training needs into one file "
                    "(python -m crossct.train pack --help)")
     for name, text in (("supervised", "supervised pre-training of one network (--model unet|swin)"),
@@ -47,6 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .pack import pack_main
 
         return pack_main(argv[1:])
+    if argv[:1] == ["full"]:
+        from .protocol import main as full_main
+
+        return full_main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

@@ -291,10 +291,8 @@ def selection_score(result: dict[str, Any]) -> float:
     return balanced_f1(result["watershed"])
 
 
-def load_val_items(records, limit: int = 0) -> list[dict[str, Any]]:
-    """Read validation images and labels once; ``limit`` picks images round-robin over sources."""
-    from .data import read_record_image, read_record_label
-
+def round_robin(records: list, limit: int = 0) -> list:
+    """``records`` taken in turn from each source (sorted by name); the first ``limit`` (0: all)."""
     by_source: dict[str, list] = {}
     for r in records:
         by_source.setdefault(r.source, []).append(r)
@@ -304,8 +302,14 @@ def load_val_items(records, limit: int = 0) -> list[dict[str, Any]]:
         for q in queues:
             if q:
                 ordered.append(q.pop(0))
-    if limit:
-        ordered = ordered[:limit]
+    return ordered[:limit] if limit else ordered
+
+
+def load_val_items(records, limit: int = 0) -> list[dict[str, Any]]:
+    """Read validation images and labels once; ``limit`` picks images round-robin over sources."""
+    from .data import read_record_image, read_record_label
+
+    ordered = round_robin(records, limit)
     return [{"image": read_record_image(r), "label": read_record_label(r)[0], "source": r.source, "name": r.name}
             for r in ordered]
 
@@ -366,19 +370,26 @@ def _roles_for(cfg: TrainConfig, dist: Distributed, plan: StepPlan | None = None
     return roles
 
 
+def split_records(cfg: TrainConfig) -> tuple[list, list]:
+    """(train records, val records) of the data the settings name."""
+    from . import data as D
+
+    if cfg.images_dir:
+        train_records = D.paired_folder_records(Path(cfg.images_dir), Path(cfg.labels_dir))
+        val_records: list = (D.paired_folder_records(Path(cfg.val_images_dir), Path(cfg.val_labels_dir))
+                             if cfg.val_images_dir else [])
+        return train_records, val_records
+    data_dir = Path(cfg.data) if cfg.data else default_data_dir()
+    source = Path(cfg.manifest) if cfg.manifest else data_dir
+    return D.data_records(source, split="train"), D.data_records(source, split="val")
+
+
 def _build_data(cfg: TrainConfig, dist: Distributed):
     from . import data as D
     from .targets import TargetCache
 
     data_dir = Path(cfg.data) if cfg.data else default_data_dir()
-    if cfg.images_dir:
-        train_records = D.paired_folder_records(Path(cfg.images_dir), Path(cfg.labels_dir))
-        val_records: list = (D.paired_folder_records(Path(cfg.val_images_dir), Path(cfg.val_labels_dir))
-                             if cfg.val_images_dir else [])
-    else:
-        source = Path(cfg.manifest) if cfg.manifest else data_dir
-        train_records = D.data_records(source, split="train")
-        val_records = D.data_records(source, split="val")
+    train_records, val_records = split_records(cfg)
     cache = TargetCache(Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "crossct" / "targets")
     augmentation = D.AugmentConfig(scale=(1.0 / cfg.zoom_max, cfg.zoom_max), p_scale=cfg.p_zoom,
                                    diameter=(cfg.zoom_min_diameter, cfg.zoom_max_diameter))

@@ -347,7 +347,7 @@ class TargetCache:
     def ensure(self, label_path: str | os.PathLike) -> bool:
         """Compute and store the targets of ``label_path`` unless present; True if they were."""
         label_path = Path(label_path)
-        data = label_path.read_bytes() if data is None else data
+        data = label_path.read_bytes()
         entry = self.folder / f"{self.key(data)}.npz"
         if entry.is_file():
             self.hits += 1
