@@ -25,7 +25,11 @@ __all__ = [
     "ModelConfig",
     "ModelSpec",
     "UNET_PAPER",
+    "RESUNET_PAPER",
+    "UNETR_PAPER",
     "SWIN_UNETR_PAPER",
+    "fixed_input_size",
+    "spec_for_crop",
     "load_spec",
     "save_spec",
 ]
@@ -33,7 +37,7 @@ __all__ = [
 OUTPUT_CHANNELS: tuple[str, ...] = ("background", "interior", "boundary", "cell_distance", "neighbor_distance")
 SPEC_FORMAT_VERSION = 1
 
-Architecture = Literal["unet", "swin_unetr"]
+Architecture = Literal["unet", "resunet", "unetr", "swin_unetr"]
 Blending = Literal["gaussian", "constant"]
 PostMethod = Literal["watershed", "threshold"]
 
@@ -139,10 +143,43 @@ UNET_PAPER = ModelConfig(
         "num_res_units": 2,
     },
 )
+# The paper's ResUnet (3.23 M parameters, 5 levels): see crossct.nets for why this stands for it.
+RESUNET_PAPER = ModelConfig("resunet", {**UNET_PAPER.kwargs, "num_res_units": 4})
+# The organisers' ViT + U-Net baseline (their UNETR2D, the paper's "VIT + U-Net").
+UNETR_PAPER = ModelConfig(
+    "unetr",
+    {
+        "spatial_dims": 2,
+        "in_channels": 3,
+        "out_channels": 5,
+        "img_size": 256,
+        "feature_size": 16,
+        "hidden_size": 768,
+        "mlp_dim": 3072,
+        "num_heads": 12,
+        "proj_type": "perceptron",
+        "norm_name": "instance",
+        "conv_block": False,
+        "res_block": True,
+        "dropout_rate": 0.0,
+    },
+)
 SWIN_UNETR_PAPER = ModelConfig(
     "swin_unetr",
     {"spatial_dims": 2, "in_channels": 3, "out_channels": 5, "feature_size": 24},
 )
+
+
+def fixed_input_size(model: ModelConfig) -> int | None:
+    """The one input size a network accepts (its ``img_size``: UNETR's learned position embeddings
+    cover exactly that many patches), or None when it takes any tile size."""
+    size = model.kwargs.get("img_size")
+    if size is None:
+        return None
+    sizes = {int(s) for s in size} if isinstance(size, (list, tuple)) else {int(size)}
+    if len(sizes) != 1:
+        raise ValueError(f"{model.arch}: img_size={size!r} must be square (tiles are square)")
+    return sizes.pop()
 
 
 @dataclass(frozen=True)
@@ -164,6 +201,12 @@ class ModelSpec:
             raise ValueError(
                 f"output_channels {list(self.output_channels)} differ from the order this code "
                 f"understands {list(OUTPUT_CHANNELS)}"
+            )
+        size = fixed_input_size(self.model)
+        if size is not None and size != self.tiling.tile_size:
+            raise ValueError(
+                f"{self.model.arch} takes {size} x {size} inputs only (img_size), but tiling.tile_size is "
+                f"{self.tiling.tile_size}; set both to the same size"
             )
         if self.format_version > SPEC_FORMAT_VERSION:
             raise ValueError(
@@ -211,6 +254,16 @@ def _build(klass: type, values: dict[str, Any], section: str) -> Any:
     if unknown:
         raise ValueError(f"unknown keys in spec section {section!r}: {sorted(unknown)}; valid: {sorted(known)}")
     return klass(**values)
+
+
+def spec_for_crop(model: ModelConfig, crop: int) -> ModelSpec:
+    """The spec of a network about to be trained on ``crop`` x ``crop`` crops: a network with a
+    fixed input size (UNETR) takes the crop as its img_size and is served on tiles of that size;
+    the others keep the default tiling."""
+    if fixed_input_size(model) is None:
+        return ModelSpec(model=model)
+    model = ModelConfig(model.arch, {**model.kwargs, "img_size": crop})
+    return ModelSpec(model=model, tiling=TilingConfig(tile_size=crop))
 
 
 def save_spec(spec: ModelSpec, path: str | os.PathLike) -> None:

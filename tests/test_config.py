@@ -70,7 +70,7 @@ def test_unknown_section_key_refused_with_valid_keys():
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: ModelConfig("resnet"), r"\['unet', 'swin_unetr'\]"),
+        (lambda: ModelConfig("resnet"), r"\['unet', 'resunet', 'unetr', 'swin_unetr'\]"),
         (lambda: TilingConfig(blending="linear"), r"\['gaussian', 'constant'\]"),
         (lambda: PostprocessConfig(method="otsu"), r"\['watershed', 'threshold'\]"),
         (lambda: TilingConfig(tile_size=8), "multiple of 16"),

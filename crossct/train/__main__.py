@@ -4,6 +4,7 @@ Examples::
 
     python -m crossct.train supervised --model unet --run-dir runs/unet --steps 6000
     python -m crossct.train supervised --model swin --run-dir runs/swin
+    python -m crossct.train supervised --model resunet --run-dir runs/resunet   # also: --model unetr
     python -m crossct.train cross-teach --cnn runs/unet/best_unet.pt --transformer runs/swin/best_swin.pt \\
         --run-dir runs/crossct
     python -m crossct.train supervised --run-dir runs/unet --resume        # continue a stopped run
@@ -30,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m crossct.train", description=__doc__.split("\n\n")[0],
                                 epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    for name, text in (("supervised", "supervised pre-training of one network (--model unet|swin)"),
+    for name, text in (("supervised", "supervised pre-training of one network (--model unet|resunet|unetr|swin)"),
                        ("cross-teach", "cross-teaching of a CNN and a Transformer from supervised checkpoints")):
         sp = sub.add_parser(name, help=text, description=text)
         sp.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt")

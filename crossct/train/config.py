@@ -16,7 +16,7 @@ from typing import Any, Literal, Sequence, get_args
 __all__ = ["TrainConfig", "add_config_arguments", "config_from_args"]
 
 Mode = Literal["supervised", "cross-teach"]
-ModelName = Literal["unet", "swin"]
+ModelName = Literal["unet", "resunet", "unetr", "swin"]
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -37,8 +37,8 @@ class TrainConfig:
     unlabelled: tuple[str, ...] = _help("folders of unlabelled images for cross-teaching (default: DATA/unlabeled/*)", default=())
     labelled_as_unlabelled: bool = _help("also use the labelled training images, labels withheld, as unlabelled data", default=True)
     cache_dir: str = _help("target cache (default: ~/.cache/crossct/targets)", default="")
-    cnn: str = _help("cross-teach: supervised U-Net checkpoint to start from", default="")
-    transformer: str = _help("cross-teach: supervised Swin-UNETR checkpoint to start from", default="")
+    cnn: str = _help("cross-teach: supervised U-Net or ResUnet checkpoint to start from", default="")
+    transformer: str = _help("cross-teach: supervised Swin-UNETR (or UNETR) checkpoint to start from", default="")
 
     steps: int = _help("total optimisation steps", default=2000)
     batch_size: int = _help("labelled crops per step (per process)", default=8)

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import SWIN_UNETR_PAPER, UNET_PAPER, ModelSpec, PostprocessConfig
+from ..config import (RESUNET_PAPER, SWIN_UNETR_PAPER, UNET_PAPER, UNETR_PAPER, ModelSpec, PostprocessConfig,
+                      fixed_input_size, spec_for_crop)
 from ..nets import FULLY_CONVOLUTIONAL, build_network, with_probabilities
 from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -38,7 +39,7 @@ __all__ = ["Role", "Distributed", "train", "evaluate", "ModulePredictor", "defau
 
 logger = logging.getLogger(__name__)
 
-MODEL_SPECS = {"unet": UNET_PAPER, "swin": SWIN_UNETR_PAPER}
+MODEL_SPECS = {"unet": UNET_PAPER, "resunet": RESUNET_PAPER, "unetr": UNETR_PAPER, "swin": SWIN_UNETR_PAPER}
 
 
 def default_data_dir() -> Path:
@@ -308,12 +309,16 @@ class RunLog:
 
 def _roles_for(cfg: TrainConfig, dist: Distributed) -> list[Role]:
     if cfg.mode == "supervised":
-        spec = ModelSpec(model=MODEL_SPECS[cfg.model])
+        spec = spec_for_crop(MODEL_SPECS[cfg.model], cfg.crop)
         return [Role.create(cfg.model, spec, cfg, dist)]
     roles = []
     for name, path in (("cnn", cfg.cnn), ("transformer", cfg.transformer)):
         ckpt = load_checkpoint(path)
         spec = ModelSpec.from_dict(ckpt["spec"])
+        size = fixed_input_size(spec.model)
+        if size is not None and size != cfg.crop:
+            raise ValueError(f"--{name} {path}: its {spec.model.arch} takes {size} x {size} inputs only; "
+                             f"cross-teach with --crop {size}")
         roles.append(Role.create(name, spec, cfg, dist, init_weights=ckpt["model"]))
     return roles
 
