@@ -261,7 +261,7 @@ def table(results: list[dict[str, Any]], speed: bool) -> str:
     sources = sorted({s for r in results if "val" in r for s in r["val"]["after"]["per_source"]})
     head = ["network", "parameters (M)", "ms per tile, wall", "ms per tile, CPU", "ONNX vs PyTorch"]
     if not speed:
-        head = head[:2] + ["steps (s/step)", "training min"] + head[2:] + [
+        head = head[:2] + ["steps (s/step)", "run min (with start-up)"] + head[2:] + [
             *sources, "val F1 all images", "val F1 mean over sources", "selection score (before tuning)"]
     head += ["paper 5-class val / submission", "paper 3-class val / submission"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
