@@ -32,7 +32,11 @@ __all__ = [
     "NETWORK_ARGUMENTS",
     "SpecError",
     "UNET_PAPER",
+    "RESUNET_PAPER",
+    "UNETR_PAPER",
     "SWIN_UNETR_PAPER",
+    "fixed_input_size",
+    "spec_for_crop",
     "load_spec",
     "save_spec",
 ]
@@ -40,7 +44,7 @@ __all__ = [
 OUTPUT_CHANNELS: tuple[str, ...] = ("background", "interior", "boundary", "cell_distance", "neighbor_distance")
 SPEC_FORMAT_VERSION = 1
 
-Architecture = Literal["unet", "swin_unetr"]
+Architecture = Literal["unet", "resunet", "unetr", "swin_unetr"]
 Blending = Literal["gaussian", "constant"]
 PostMethod = Literal["watershed", "threshold"]
 
@@ -205,8 +209,37 @@ class SwinUNETRArguments(Checked):
     use_v2: bool = False
 
 
+@dataclass(frozen=True)
+class UNETRArguments(Checked):
+    """MONAI ``UNETR`` (``monai.networks.nets.UNETR``): a fixed input size, ``img_size``."""
+
+    spatial_dims: Literal[2]
+    in_channels: Literal[3]
+    out_channels: Literal[5]
+    img_size: int | _Sizes = setting(check=lambda v: None if all(16 <= int(x) <= 4096 and int(x) % 16 == 0 for x in
+                                                                 (v if isinstance(v, tuple) else (v,)))
+                                     else "must be a multiple of 16 in [16, 4096]")
+    feature_size: int = setting(16, ge=1, le=1024)
+    hidden_size: int = setting(768, ge=12, le=8192)
+    mlp_dim: int = setting(3072, ge=1, le=32768)
+    num_heads: int = setting(12, ge=1, le=128)
+    proj_type: Literal["conv", "perceptron"] = "conv"
+    norm_name: str | list[Any] = "instance"
+    conv_block: bool = True
+    res_block: bool = True
+    dropout_rate: float = setting(0.0, ge=0, lt=1)
+    qkv_bias: bool = False
+    save_attn: bool = False
+
+    def _check(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise SpecError("hidden_size", f"{self.hidden_size} must be divisible by num_heads ({self.num_heads})")
+
+
 # Architecture name -> the arguments it takes; crossct.nets builds each (tests check both agree).
-NETWORK_ARGUMENTS: dict[str, type] = {"unet": UNetArguments, "swin_unetr": SwinUNETRArguments}
+# The paper's ResUnet is MONAI's UNet with more residual units (crossct.nets says why).
+NETWORK_ARGUMENTS: dict[str, type] = {"unet": UNetArguments, "resunet": UNetArguments, "unetr": UNETRArguments,
+                                      "swin_unetr": SwinUNETRArguments}
 
 
 @dataclass(frozen=True)
@@ -234,6 +267,27 @@ UNET_PAPER = ModelConfig(
         "num_res_units": 2,
     },
 )
+# The paper's ResUnet (3.23 M parameters, 5 levels): see crossct.nets for why this stands for it.
+RESUNET_PAPER = ModelConfig("resunet", {**UNET_PAPER.kwargs, "num_res_units": 4})
+# The organisers' ViT + U-Net baseline (their UNETR2D, the paper's "VIT + U-Net").
+UNETR_PAPER = ModelConfig(
+    "unetr",
+    {
+        "spatial_dims": 2,
+        "in_channels": 3,
+        "out_channels": 5,
+        "img_size": 256,
+        "feature_size": 16,
+        "hidden_size": 768,
+        "mlp_dim": 3072,
+        "num_heads": 12,
+        "proj_type": "perceptron",
+        "norm_name": "instance",
+        "conv_block": False,
+        "res_block": True,
+        "dropout_rate": 0.0,
+    },
+)
 SWIN_UNETR_PAPER = ModelConfig(
     "swin_unetr",
     {"spatial_dims": 2, "in_channels": 3, "out_channels": 5, "feature_size": 24},
@@ -249,6 +303,18 @@ def _checksums_problem(checksums: dict[str, str]) -> str | None:
         if not _SHA256.fullmatch(digest):
             return f"key {name!r} must map to a sha256 (64 lowercase hex digits), got {digest!r}"
     return None
+
+
+def fixed_input_size(model: ModelConfig) -> int | None:
+    """The one input size a network accepts (its ``img_size``: UNETR's learned position embeddings
+    cover exactly that many patches), or None when it takes any tile size."""
+    size = model.kwargs.get("img_size")
+    if size is None:
+        return None
+    sizes = {int(s) for s in size} if isinstance(size, (list, tuple)) else {int(size)}
+    if len(sizes) != 1:
+        raise ValueError(f"{model.arch}: img_size={size!r} must be square (tiles are square)")
+    return sizes.pop()
 
 
 @dataclass(frozen=True)
@@ -274,6 +340,10 @@ class ModelSpec(Checked):
         if tuple(self.output_channels) != OUTPUT_CHANNELS:
             raise SpecError("output_channels", f"{list(self.output_channels)} differ from the order this code "
                                                f"understands {list(OUTPUT_CHANNELS)}")
+        size = fixed_input_size(self.model)
+        if size is not None and size != self.tiling.tile_size:
+            raise SpecError("tiling.tile_size", f"{self.tiling.tile_size}, but {self.model.arch} takes {size} x {size} "
+                                                f"inputs only (model.kwargs.img_size); set both to the same size")
         if self.format_version > SPEC_FORMAT_VERSION:
             raise SpecError("format_version", f"{self.format_version} is newer than this crossct understands "
                                               f"({SPEC_FORMAT_VERSION}); upgrade crossct")
@@ -291,6 +361,16 @@ class ModelSpec(Checked):
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
         """Build from parsed JSON; raises :class:`SpecError` naming the first invalid key."""
         return from_dict(cls, d)
+
+
+def spec_for_crop(model: ModelConfig, crop: int) -> ModelSpec:
+    """The spec of a network about to be trained on ``crop`` x ``crop`` crops: a network with a
+    fixed input size (UNETR) takes the crop as its img_size and is served on tiles of that size;
+    the others keep the default tiling."""
+    if fixed_input_size(model) is None:
+        return ModelSpec(model=model)
+    model = ModelConfig(model.arch, {**model.kwargs, "img_size": crop})
+    return ModelSpec(model=model, tiling=TilingConfig(tile_size=crop))
 
 
 def save_spec(spec: ModelSpec, path: str | os.PathLike) -> None:

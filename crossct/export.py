@@ -20,24 +20,32 @@ from typing import Any, Sequence
 from .helpformat import DefaultsHelpFormatter
 
 __all__ = ["export_weights", "export_into", "weights_from_checkpoint", "export_onnx", "check_onnx_matches_torch",
-           "tiny_spec", "main"]
+           "tiny_spec", "TINY_MODELS", "main"]
 
 logger = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4
 
 
-def tiny_spec():
-    """A deliberately tiny U-Net spec for tests and CI (seconds to export and run, never shipped)."""
+# Deliberately tiny versions of each architecture (seconds to train, export and run), never shipped.
+TINY_MODELS: dict[str, dict[str, Any]] = {
+    "unet": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1},
+    "resunet": {"channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 3},
+    "unetr": {"img_size": 64, "feature_size": 4, "hidden_size": 32, "mlp_dim": 64, "num_heads": 2,
+              "proj_type": "perceptron", "norm_name": "instance", "conv_block": False, "res_block": True},
+    "swin_unetr": {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]},
+}
+
+
+def tiny_spec(arch: str = "unet"):
+    """A tiny spec of architecture ``arch`` (64 x 64 tiles) for tests and CI."""
     from .config import ModelConfig, ModelSpec, TilingConfig
 
-    model = ModelConfig(
-        "unet",
-        {"spatial_dims": 2, "in_channels": 3, "out_channels": 5, "channels": [4, 8, 16],
-         "strides": [2, 2], "num_res_units": 1},
-    )
+    if arch not in TINY_MODELS:
+        raise ValueError(f"no tiny {arch!r}; valid: {sorted(TINY_MODELS)}")
+    model = ModelConfig(arch, {"spatial_dims": 2, "in_channels": 3, "out_channels": 5, **TINY_MODELS[arch]})
     return ModelSpec(model=model, tiling=TilingConfig(tile_size=64, overlap=0.25, batch_size=4),
-                     metadata={"note": "untrained tiny model for tests"})
+                     metadata={"note": f"untrained tiny {arch} for tests"})
 
 
 def export_onnx(module, path: Path, tile: int, dynamic_spatial: bool = True, opset: int = 18) -> None:
@@ -243,7 +251,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="change an inference setting stored with the weights, e.g. tiling.batch_size=16 or "
                         "postprocess.seed_threshold=0.4 (sections: normalize, tiling, postprocess); repeatable")
     p.add_argument("--tiny-untrained", action="store_true",
-                   help="ignore CHECKPOINT and export a tiny randomly initialised U-Net (tests and CI only)")
+                   help="ignore CHECKPOINT and export a tiny randomly initialised network (tests and CI only)")
+    p.add_argument("--tiny-arch", default="unet", choices=sorted(TINY_MODELS), help="architecture for --tiny-untrained")
     p.add_argument("--seed", type=int, default=0, help="seed for --tiny-untrained")
     args = p.parse_args(argv)
     expected = 1 if args.tiny_untrained else 2
@@ -277,8 +286,8 @@ def _export(args: argparse.Namespace):
     _refuse_existing(out, args.force)  # before the slow part
     if args.tiny_untrained:
         torch.manual_seed(args.seed)
-        spec = tiny_spec()
-        state, facts = build_network(spec.model).state_dict(), {"checkpoint": "a tiny untrained U-Net"}
+        spec = tiny_spec(args.tiny_arch)
+        state, facts = build_network(spec.model).state_dict(), {"checkpoint": f"a tiny untrained {args.tiny_arch}"}
     else:
         from .train.checkpoint import load_checkpoint
 

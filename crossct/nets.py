@@ -2,6 +2,30 @@
 
 Networks are built from a :class:`~crossct.config.ModelConfig` (a registered name plus the
 constructor's keyword arguments), never re-declared at load time.  Needs torch and MONAI.
+
+The paper's networks (Table 4) and the MONAI classes that stand for them (settings in
+:mod:`crossct.config`; parameter counts of the 5-output networks, counted with ``numel``):
+
+``unet`` -- U-Net: MONAI ``UNet(channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 2),
+    num_res_units=2)``, 1.63 M parameters, the organisers' baseline exactly.
+``resunet`` -- "ResNet + U-Net" (ResUnet, after Zhang et al. 2018's deep residual U-Net, "modified
+    with 5 layers as the U-Net", 3.23 M parameters, twice the U-Net).  The paper's code for it is
+    not published.  Stand-in: the same MONAI ``UNet`` with ``num_res_units=4``, 3.20 M parameters
+    (1 % under the paper's count): the U-Net's 5 levels and widths (16-256), each encoder level and
+    the bottom one residual unit of 4 convolutions instead of 2.  Where it differs from Zhang et
+    al.: MONAI's residual units are conv -> instance norm -> PReLU with a strided 3x3 shortcut (not
+    pre-activated batch-norm blocks of 2 convolutions with a 1x1 shortcut), and the decoder
+    upsamples with transposed convolutions followed by a 1-convolution residual unit.  MONAI's ResNet-encoder U-Net (``FlexibleUNet`` with a ``resnet10``
+    backbone) has 7.45 M parameters and downsamples 5 times (input a multiple of 32); MONAI's
+    ``BasicUNetPlusPlus`` at the U-Net's widths 2.28 M and is not residual: neither matches.
+``unetr`` -- ViT + U-Net: MONAI ``UNETR(spatial_dims=2, img_size=256, feature_size=16,
+    hidden_size=768, mlp_dim=3072, num_heads=12, proj_type="perceptron", norm_name="instance",
+    conv_block=False, res_block=True)``, 87.6 M parameters: the organisers' ``UNETR2D`` (a 2-D
+    copy of MONAI's UNETR, 12 ViT-B layers on 16 x 16 patches) with the same settings.  Its
+    position embeddings fix the input to img_size x img_size: trained on crops of that size and
+    served on tiles of that size (:func:`crossct.config.fixed_input_size`).
+``swin_unetr`` -- Swin + U-Net: MONAI ``SwinUNETR(spatial_dims=2, feature_size=24)``, 6.3 M
+    parameters, the organisers' baseline.
 """
 
 from __future__ import annotations
@@ -10,7 +34,8 @@ from typing import Any, Callable
 
 from .config import ModelConfig
 
-__all__ = ["build_network", "with_probabilities", "inference_copy", "ARCHITECTURES", "FULLY_CONVOLUTIONAL"]
+__all__ = ["build_network", "with_probabilities", "inference_copy", "count_parameters", "ARCHITECTURES",
+           "FULLY_CONVOLUTIONAL"]
 
 
 def _unet(**kwargs: Any):
@@ -19,15 +44,30 @@ def _unet(**kwargs: Any):
     return UNet(**kwargs)
 
 
+def _unetr(**kwargs: Any):
+    from monai.networks.nets import UNETR
+
+    return UNETR(**kwargs)
+
+
 def _swin_unetr(**kwargs: Any):
     from monai.networks.nets import SwinUNETR
 
     return SwinUNETR(**kwargs)
 
 
-ARCHITECTURES: dict[str, Callable[..., Any]] = {"unet": _unet, "swin_unetr": _swin_unetr}
-# Networks that accept any input size (multiple of 16); the others run on tile x tile inputs only.
-FULLY_CONVOLUTIONAL = frozenset({"unet"})
+# "resunet" is built by the same MONAI class as "unet"; its own name keeps the paper's network
+# recognisable in model.json, checkpoints and logs.
+ARCHITECTURES: dict[str, Callable[..., Any]] = {
+    "unet": _unet, "resunet": _unet, "unetr": _unetr, "swin_unetr": _swin_unetr}
+# Networks that accept any input size (multiple of 16); the others run on tile x tile inputs only
+# (Swin-UNETR's shifted-window masks are traced for one size; UNETR's position embeddings fix it).
+FULLY_CONVOLUTIONAL = frozenset({"unet", "resunet"})
+
+
+def count_parameters(network) -> int:
+    """Number of parameters of a ``torch.nn.Module``."""
+    return sum(p.numel() for p in network.parameters())
 
 
 def build_network(config: ModelConfig):

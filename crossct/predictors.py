@@ -176,6 +176,12 @@ class OnnxPredictor:
         problems = []
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] != in_ch:
             problems.append(f"inputs {[(i.name, i.shape) for i in inputs]} (expected one (B, {in_ch}, H, W))")
+        else:
+            # Fixed-size models (Swin-UNETR, UNETR) have integer spatial dims: they must be the tile size.
+            tile = self.spec.tiling.tile_size
+            fixed = [d for d in inputs[0].shape[2:] if isinstance(d, int)]
+            if any(d != tile for d in fixed):
+                problems.append(f"input {inputs[0].shape} takes fixed {fixed} spatial sizes, but tiling.tile_size is {tile}")
         if len(outputs) != 1 or len(outputs[0].shape) != 4 or outputs[0].shape[1] != len(self.spec.output_channels):
             problems.append(
                 f"outputs {[(o.name, o.shape) for o in outputs]} (expected one (B, {len(self.spec.output_channels)}, H, W))"

@@ -80,7 +80,7 @@ def test_unknown_section_key_refused_with_valid_keys():
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: ModelConfig("resnet"), r"\['unet', 'swin_unetr'\]"),
+        (lambda: ModelConfig("resnet"), r"\['unet', 'resunet', 'unetr', 'swin_unetr'\]"),
         (lambda: TilingConfig(blending="linear"), r"\['gaussian', 'constant'\]"),
         (lambda: PostprocessConfig(method="otsu"), r"\['watershed', 'threshold'\]"),
         (lambda: TilingConfig(tile_size=8), "multiple of 16"),
@@ -134,7 +134,7 @@ def spec_dict() -> dict:
     (lambda d: d["model"]["kwargs"].update(strides=[2, 2]), "model.kwargs.strides", "one stride fewer than channels"),
     (lambda d: d["model"]["kwargs"].update(in_channels=1), "model.kwargs.in_channels", r"1 is not one of \[3\]"),
     (lambda d: d["model"]["kwargs"].pop("channels"), "model.kwargs", r"missing required key\(s\) \['channels'\]"),
-    (lambda d: d["model"].update(arch="resunet"), "model.arch", r"is not one of \['unet', 'swin_unetr'\]"),
+    (lambda d: d["model"].update(arch="vnet"), "model.arch", r"is not one of \['unet', 'resunet', 'unetr', 'swin_unetr'\]"),
     (lambda d: d.pop("model"), "", r"missing required key\(s\) \['model'\]"),
     (lambda d: d["tiling"].update(overlap=0.999), "tiling.overlap", r"0.999 must be >= 0 and <= 0.9 \(tiles per pixel"),
     (lambda d: d["tiling"].update(sigma_scale=0), "tiling.sigma_scale", "0 must be > 0"),

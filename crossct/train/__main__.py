@@ -4,6 +4,7 @@ Examples::
 
     python -m crossct.train supervised --model unet --run-dir runs/unet --steps 6000
     python -m crossct.train supervised --model swin --run-dir runs/swin
+    python -m crossct.train supervised --model resunet --run-dir runs/resunet   # also: --model unetr
     python -m crossct.train cross-teach --cnn runs/unet/best_unet.pt --transformer runs/swin/best_swin.pt \\
         --run-dir runs/crossct
     python -m crossct.train supervised --run-dir runs/unet --resume        # continue a stopped run
@@ -34,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                    "inside one time budget (python -m crossct.train full --help)")
     sub.add_parser("pack", add_help=False, help="write every image and label training needs into one file "
                    "(python -m crossct.train pack --help)")
-    for name, text in (("supervised", "supervised pre-training of one network (--model unet|swin)"),
+    for name, text in (("supervised", "supervised pre-training of one network (--model unet|resunet|unetr|swin)"),
                        ("cross-teach", "cross-teaching of a CNN and a Transformer from supervised checkpoints")):
         sp = sub.add_parser(name, help=text, description=text)
         sp.add_argument("--resume", action="store_true", help="continue RUN_DIR/last.pt")

@@ -16,7 +16,7 @@ from typing import Any, Literal, Sequence, get_args
 __all__ = ["TrainConfig", "add_config_arguments", "config_from_args"]
 
 Mode = Literal["supervised", "cross-teach"]
-ModelName = Literal["unet", "swin"]
+ModelName = Literal["unet", "resunet", "unetr", "swin"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -44,8 +44,8 @@ class TrainConfig:
     unlabelled: tuple[str, ...] = _help("folders of unlabelled images for cross-teaching (default: DATA/unlabeled/*)", _CT, default=())
     labelled_as_unlabelled: bool = _help("also use the labelled training images, labels withheld, as unlabelled data", _CT, default=True)
     cache_dir: str = _help("target cache (default: ~/.cache/crossct/targets)", default="")
-    cnn: str = _help("supervised CNN checkpoint to start from", _CT, default="")
-    transformer: str = _help("supervised Swin-UNETR checkpoint to start from", _CT, default="")
+    cnn: str = _help("supervised U-Net or ResUnet checkpoint to start from", _CT, default="")
+    transformer: str = _help("supervised Swin-UNETR (or UNETR) checkpoint to start from", _CT, default="")
 
     steps: int = _help("total optimisation steps (with --time-budget: planned from measured throughput)", default=2000)
     time_budget: float = _help("minutes for the whole run, data loading, validation and checkpoints included: the step "

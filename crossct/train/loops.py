@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import SWIN_UNETR_PAPER, UNET_PAPER, ModelSpec, PostprocessConfig
+from ..config import (RESUNET_PAPER, SWIN_UNETR_PAPER, UNET_PAPER, UNETR_PAPER, ModelSpec, PostprocessConfig,
+                      fixed_input_size, spec_for_crop)
 from ..nets import FULLY_CONVOLUTIONAL, build_network, with_probabilities
 from .budget import PROBE_SKIP, PROBE_STEPS, StepPlan, TimeAccount, plan_steps
 from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
@@ -41,7 +42,7 @@ __all__ = ["Role", "Distributed", "train", "evaluate", "ModulePredictor", "defau
 
 logger = logging.getLogger(__name__)
 
-MODEL_SPECS = {"unet": UNET_PAPER, "swin": SWIN_UNETR_PAPER}
+MODEL_SPECS = {"unet": UNET_PAPER, "resunet": RESUNET_PAPER, "unetr": UNETR_PAPER, "swin": SWIN_UNETR_PAPER}
 
 
 def default_data_dir() -> Path:
@@ -356,7 +357,7 @@ def load_weights(path: str | os.PathLike) -> tuple[ModelSpec, dict[str, torch.Te
 
 def _roles_for(cfg: TrainConfig, dist: Distributed, plan: StepPlan | None = None) -> list[Role]:
     if cfg.mode == "supervised":
-        spec, weights = ModelSpec(model=MODEL_SPECS[cfg.model]), None
+        spec, weights = spec_for_crop(MODEL_SPECS[cfg.model], cfg.crop), None
         if cfg.init:
             init_spec, weights = load_weights(cfg.init)
             if init_spec.model != spec.model:
@@ -366,6 +367,10 @@ def _roles_for(cfg: TrainConfig, dist: Distributed, plan: StepPlan | None = None
     roles = []
     for name, path in (("cnn", cfg.cnn), ("transformer", cfg.transformer)):
         spec, weights = load_weights(path)
+        size = fixed_input_size(spec.model)
+        if size is not None and size != cfg.crop:
+            raise ValueError(f"--{name} {path}: its {spec.model.arch} takes {size} x {size} inputs only; "
+                             f"cross-teach with --crop {size}")
         roles.append(Role.create(name, spec, cfg, dist, init_weights=weights, plan=plan))
     return roles
 
