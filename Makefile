@@ -5,6 +5,7 @@
 #   make image BASE_IMAGE=crossct-base:bookworm-py311     air-gapped: base from scripts/docker_base.sh
 #   make submission TEAM=name [SAMPLES=DIR]    challenge submission: GPU image name:latest -> name.tar.gz,
 #                                              checked with the organisers' own command line
+#   make gpu-pack [DATA=../shared/data]       training pack + MONAI wheel for a GPU host (scripts/gpu_recipe.sh)
 #   make lock / make lock-gpu                  re-resolve requirements.lock / requirements-gpu.lock
 #   make test-container                        the end-to-end test (.ci/run runs it)
 #   make lint-docker                           hadolint
@@ -23,7 +24,7 @@ SAMPLES    ?=
 SHELL      := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 
-.PHONY: check-weights check-team wheelhouse wheelhouse-gpu lock lock-gpu image image-gpu submission base-image engine engine-stop test-container lint-docker
+.PHONY: gpu-pack check-weights check-team wheelhouse wheelhouse-gpu lock lock-gpu image image-gpu submission base-image engine engine-stop test-container lint-docker
 
 wheelhouse:
 	scripts/wheelhouse.sh cpu wheelhouse/cpu
@@ -82,3 +83,12 @@ test-container:
 
 lint-docker:
 	hadolint Dockerfile
+
+# Everything a GPU host without the data or MONAI needs for scripts/gpu_recipe.sh: the training pack
+# (all of DATA in one file, under 44 MiB) and MONAI's wheel (pure Python). Travels with the checkout.
+DATA ?= ../shared/data
+gpu-pack:
+	mkdir -p gpu-pack
+	python -m crossct.train pack --data $(DATA) --out gpu-pack/crossct-data.pack
+	python -m pip download -q --no-deps monai==1.6.1 -d gpu-pack
+	@du -sh gpu-pack

@@ -30,7 +30,7 @@ __all__ = ["segment", "segment_stages", "zoom_factor", "predict_outputs", "tilin
 logger = logging.getLogger(__name__)
 
 # Largest image (pixels) that small cells are enlarged to; larger images stay at their own scale.
-MAX_ZOOMED_PIXELS = 64_000_000
+MAX_ZOOMED_PIXELS = 16_000_000
 
 
 def segment(image: np.ndarray, predictor: Predictor, spec: ModelSpec | None = None,

@@ -80,8 +80,8 @@ def plan_steps(step: int, seconds_left: float, seconds_per_step: float, seconds_
 
     ``validations`` during the run plus one at the end are paid for out of the budget first.
 
-    >>> plan_steps(20, 100.0, 0.5, 10.0, 3)  # 100 s - 4 validations = 60 s = 120 more steps
-    (140, 30)
+    >>> plan_steps(20, 100.0, 0.5, 10.0, 3)  # 100 s - 5 s margin - 4 validations = 55 s: 110 more steps
+    (130, 27)
     """
     if seconds_per_step <= 0:
         raise ValueError(f"seconds_per_step must be > 0, got {seconds_per_step}")

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The whole training protocol on one GPU inside a time budget, then a short check of the GPU
+# inference path; everything worth keeping is gathered into OUT (at most 8 files, each < 16 MiB,
+# so it can come back from a rented GPU host).
+#
+#   scripts/gpu_recipe.sh PACK_DIR OUT [MINUTES]
+#
+# PACK_DIR holds the training pack (python -m crossct.train pack --data DATA --out PACK_DIR/crossct-data.pack)
+# and, for hosts without MONAI, its wheel (pip download --no-deps monai==1.6.1 -d PACK_DIR): `make gpu-pack`.
+# MINUTES (default 10) is the budget of `crossct.train full`; the inference check adds about a minute.
+# Extra settings for every stage: CROSSCT_FULL_FLAGS (e.g. "--val-max-images 40").
+set -euo pipefail
+pack_dir=${1:?usage: scripts/gpu_recipe.sh PACK_DIR OUT [MINUTES]}
+out=${2:?usage: scripts/gpu_recipe.sh PACK_DIR OUT [MINUTES]}
+minutes=${3:-10}
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+mkdir -p "$out"
+run=${CROSSCT_RUN_DIR:-/tmp/crossct-full}
+
+if ! python3 -c "import monai" 2>/dev/null; then
+    python3 -m pip install -q --no-deps --no-index --target /tmp/crossct-site "$pack_dir"/monai-*.whl
+    export PYTHONPATH=/tmp/crossct-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+python3 - <<'EOF'
+import torch
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, device: "
+      f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none (CPU)'}")
+EOF
+# GPU utilisation while training, sampled every 2 s (nvidia-smi where the host has it).
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 2 > "$run.gpu-util.csv" 2>/dev/null &
+    smi=$!
+    trap 'kill $smi 2>/dev/null || true' EXIT
+fi
+# shellcheck disable=SC2086
+python3 -m crossct.train full --time-budget "$minutes" --run-dir "$run" --data "$pack_dir/crossct-data.pack" \
+    --batch-size 0 --num-workers -1 ${CROSSCT_FULL_FLAGS:-} $( [ -f "$run/protocol.json" ] && echo --resume ) \
+    2>&1 | tee "$run.log"
+if [ -n "${smi:-}" ]; then kill "$smi" 2>/dev/null || true; fi
+
+# The GPU inference path against the CPU one on the pack's val images: labels and time per image.
+python3 -m benchmarks.gpu_check --weights "$run/weights" --data "$pack_dir/crossct-data.pack" \
+    --out "$run/gpu_check.md" 2>&1 | tee -a "$run.log" || true
+
+cp "$run/weights/model.onnx" "$run/weights/model.pt" "$run/weights/model.json" "$run/report.md" "$out/"
+cp "$run/transformer/best_swin.fp16.pt" "$out/swin_supervised.fp16.pt"
+cp "$run/crossct/best_transformer.fp16.pt" "$out/swin_crossct.fp16.pt"
+# Logs, settings and the inference check in one archive.
+tar -czf "$out/logs.tar.gz" -C "$(dirname "$run")" \
+    "$(basename "$run").log" $( [ -f "$run.gpu-util.csv" ] && basename "$run.gpu-util.csv" ) \
+    "$(basename "$run")/protocol.json" "$(basename "$run")/gpu_check.md" \
+    $(cd "$(dirname "$run")" && ls "$(basename "$run")"/*/{config.json,time_report.json,train_log.csv,val_log.csv} 2>/dev/null)
+ls -la "$out"

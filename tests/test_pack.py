@@ -1,0 +1,90 @@
+"""Training pack: written from a data folder, read back exactly (labels) or within the stated
+error (images), and used by training through the same code path as the folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import zipfile
+
+import numpy as np
+import pytest
+import tifffile
+
+from crossct.synthetic import write_synthetic_dataset
+from crossct.train.data import LabelledDataset, data_records, load_normalized, read_record_label, record_image
+from crossct.train.pack import Pack, is_pack, open_pack, write_pack
+from crossct.train.targets import TargetCache
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A data folder shaped like ../shared/data: manifest.csv, labelled images, unlabeled/<folder>/."""
+    root = tmp_path_factory.mktemp("data")
+    rows = []
+    for split, seed in (("train", 0), ("val", 50)):
+        images, labels = write_synthetic_dataset(root / f"src_{split}", n_images=3, size=(80, 96), seed=seed)
+        for image in sorted(images.iterdir()):
+            stem = image.name.split(".")[0]
+            rows.append({"source": "synthetic", "name": f"{split}_{stem}", "image": str(image.relative_to(root)),
+                         "label": str((labels / f"{stem}_label.tiff").relative_to(root)), "split": split})
+    write_synthetic_dataset(root / "unl", n_images=2, size=(80, 96), seed=99)
+    (root / "unlabeled").mkdir()
+    (root / "unl" / "images").rename(root / "unlabeled" / "frames")
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+def test_lossless_pack_round_trips_images_and_labels_exactly(data_dir, tmp_path):
+    info = write_pack(data_dir, tmp_path / "data.pack", budget_mib=10)
+    assert is_pack(tmp_path / "data.pack") and not is_pack(data_dir / "manifest.csv")
+    assert info["images"] == "png (lossless)" and info["counts"] == {"frames": 2, "synthetic": 6}
+    assert info["error_uint8"]["synthetic"]["max_abs"] == 0
+    pack = Pack(tmp_path / "data.pack")
+    for split in ("train", "val"):
+        folder, packed = data_records(data_dir, split), data_records(tmp_path / "data.pack", split)
+        assert [r.name for r in packed] == [r.name for r in folder]
+        for a, b in zip(folder, packed):
+            np.testing.assert_array_equal(record_image(b), load_normalized(a.image))
+            np.testing.assert_array_equal(read_record_label(b)[0], tifffile.imread(a.label))
+    assert len(pack.records("unlabelled")) == 2 and all(r.label is None for r in pack.records("unlabelled"))
+
+
+def test_a_pack_over_budget_is_reencoded_within_the_stated_error(data_dir, tmp_path):
+    info = write_pack(data_dir, tmp_path / "small.pack", budget_mib=10, lossless=False)
+    assert info["webp_quality"] == 98 and info["images"] == "webp quality 98"
+    stated = info["error_uint8"]["synthetic"]["max_abs"]
+    for a, b in zip(data_records(data_dir, "train"), data_records(tmp_path / "small.pack", "train")):
+        error = np.abs(record_image(b).astype(int) - load_normalized(a.image).astype(int))
+        assert error.max() <= stated
+        np.testing.assert_array_equal(read_record_label(b)[0], tifffile.imread(a.label))  # labels stay exact
+    with pytest.raises(ValueError, match="does not fit"):
+        write_pack(data_dir, tmp_path / "tiny.pack", budget_mib=0.001)
+
+
+def test_training_datasets_from_a_pack_equal_those_from_the_folder(data_dir, tmp_path):
+    write_pack(data_dir, tmp_path / "data.pack")
+    cache = TargetCache(tmp_path / "cache")
+    folder = LabelledDataset(data_records(data_dir, "train"), cache, crop=48, seed=3)
+    packed = LabelledDataset(data_records(tmp_path / "data.pack", "train"), cache, crop=48, seed=3)
+    for index in range(len(folder)):
+        a, b = folder[index], packed[index]
+        for key in ("image", "classes", "distances"):
+            assert np.array_equal(a[key].numpy(), b[key].numpy()), key
+
+
+def test_pack_manifest_and_errors(data_dir, tmp_path):
+    write_pack(data_dir, tmp_path / "data.pack")
+    with zipfile.ZipFile(tmp_path / "data.pack") as zf:
+        assert {"pack.json", "manifest.csv"} <= set(zf.namelist())
+        assert json.loads(zf.read("pack.json"))["format"] == "crossct-pack-1"
+        assert all(info.compress_type == zipfile.ZIP_STORED for info in zf.infolist())
+    assert open_pack(tmp_path / "data.pack") is open_pack(tmp_path / "data.pack")
+    (tmp_path / "bad.pack").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="not a CrossCT training pack"):
+        Pack(tmp_path / "bad.pack")
+    with pytest.raises(FileNotFoundError, match="neither a data folder"):
+        data_records(tmp_path / "missing", "train")
