@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 # Largest image (pixels) that small cells are enlarged to; larger images stay at their own scale.
 MAX_ZOOMED_PIXELS = 16_000_000
+# Scale of the automatic size's probe: cells up to twice the largest trained size are whole there.
+PROBE_FACTOR = 0.5
 
 
 def segment(image: np.ndarray, predictor: Predictor, spec: ModelSpec | None = None,
@@ -70,27 +72,70 @@ def segment_stages(image: np.ndarray, predictor: Predictor, spec: ModelSpec | No
     predictor = with_test_time(predictor, spec.test_time.flips)
     size = spec.size
     if size.diameter > 0:
-        factor = zoom_factor(size.diameter, size)
-    elif size.auto:
-        labels = _segment_stages(image, predictor, spec, timings)()
-        diameter = median_diameter(labels)
-        inside = not np.isfinite(diameter) or size.min_diameter <= diameter <= size.max_diameter
-        factor = 1.0 if inside else zoom_factor(diameter, size)
-        logger.debug("median cell diameter %.1f px: %s", diameter,
-                     "kept" if factor == 1.0 else f"segmenting again at {factor:.3g} x")
-        if factor == 1.0:
-            return lambda: labels
-    else:
-        factor = 1.0
-    if factor > 1.0:
-        # Enlarging multiplies memory and time by factor^2: never beyond MAX_ZOOMED_PIXELS.
-        pixels = image.shape[0] * image.shape[1]
-        factor = min(factor, max(1.0, (MAX_ZOOMED_PIXELS / pixels) ** 0.5))
-        factor = 1.0 if factor < 1.05 else factor
+        return _at_scale(image, _capped(zoom_factor(size.diameter, size), image), predictor, spec, timings)
+    if size.auto:
+        return _auto_size(image, predictor, spec, timings)
+    return _segment_stages(image, predictor, spec, timings)
+
+
+def _auto_size(image: np.ndarray, predictor: Predictor, spec: ModelSpec, timings: Timings) -> Callable[[], np.ndarray]:
+    """Segment at a scale chosen from the cells themselves (see :class:`~crossct.config.SizeConfig`).
+
+    A probe at half scale (a quarter of the pixels) measures the cells first: cells too large
+    for the network are shattered at their own scale, which would hide their size, but at half
+    scale they are whole.  Too large: segmented at the reference size (measured again there, and
+    once more should that disagree by more than 20 %).  Else: segmented at their own scale, and
+    again enlarged when those cells turn out too small.
+    """
+    size = spec.size
+    diameter = _diameter_at(image, PROBE_FACTOR, predictor, spec, timings)
+    if np.isfinite(diameter) and diameter > size.max_diameter:
+        factor = zoom_factor(diameter, size)
+        labels, diameter = _labels_at(image, factor, predictor, spec, timings)
+        again = zoom_factor(diameter, size) if np.isfinite(diameter) else factor
+        logger.debug("large cells: %.1f px at %.3g x", diameter, factor)
+        if abs(again - factor) > 0.2 * factor:
+            labels, _ = _labels_at(image, again, predictor, spec, timings)
+        return lambda: labels
+    labels = _segment_stages(image, predictor, spec, timings)()
+    diameter = median_diameter(labels)
+    if np.isfinite(diameter) and diameter < size.min_diameter:
+        factor = _capped(zoom_factor(diameter, size), image)
+        if factor != 1.0:
+            logger.debug("small cells: %.1f px, again at %.3g x", diameter, factor)
+            labels, _ = _labels_at(image, factor, predictor, spec, timings)
+    return lambda: labels
+
+
+def _labels_at(image: np.ndarray, factor: float, predictor: Predictor, spec: ModelSpec,
+               timings: Timings) -> tuple[np.ndarray, float]:
+    """(labels at the image's size, median cell diameter in the image's pixels) of a segmentation
+    of the image rescaled by ``factor``."""
+    scaled = _at_scale(image, factor, predictor, spec, timings, keep_scale=True)()
+    return resize_labels(scaled, image.shape[:2]) if factor != 1.0 else scaled, median_diameter(scaled) / factor
+
+
+def _diameter_at(image: np.ndarray, factor: float, predictor: Predictor, spec: ModelSpec, timings: Timings) -> float:
+    scaled = _at_scale(image, factor, predictor, spec, timings, keep_scale=True)()
+    return median_diameter(scaled) / factor
+
+
+def _at_scale(image: np.ndarray, factor: float, predictor: Predictor, spec: ModelSpec, timings: Timings,
+              keep_scale: bool = False) -> Callable[[], np.ndarray]:
+    """The two stages of ``image`` rescaled by ``factor``; labels resized back unless ``keep_scale``."""
     if factor == 1.0:
         return _segment_stages(image, predictor, spec, timings)
     finish = _segment_stages(resize_image(image, factor), predictor, spec, timings)
-    return lambda: resize_labels(finish(), image.shape[:2])
+    return finish if keep_scale else (lambda: resize_labels(finish(), image.shape[:2]))
+
+
+def _capped(factor: float, image: np.ndarray) -> float:
+    """``factor``, enlarging (which multiplies memory and time by factor^2) no further than
+    :data:`MAX_ZOOMED_PIXELS`; 1 when that leaves less than 5 %."""
+    if factor <= 1.0:
+        return factor
+    factor = min(factor, max(1.0, (MAX_ZOOMED_PIXELS / (image.shape[0] * image.shape[1])) ** 0.5))
+    return 1.0 if factor < 1.05 else factor
 
 
 def zoom_factor(diameter: float, size: SizeConfig) -> float:

@@ -101,16 +101,16 @@ def test_zoom_factor_brings_cells_to_the_reference_within_limits(diameter, expec
 def test_large_cells_are_segmented_again_at_a_smaller_scale(passes):
     image, truth = disks((400, 400), 60, [(100, 100), (100, 290), (290, 200)])  # 120 px across
     labels = segment(image, PointwiseNet(_spec(auto=True)))
-    # First pass at the image's scale measures ~115 px (> 80): again at about 30 / 115.
-    assert passes[0] == (400, 400) and len(passes) == 2 and 95 <= passes[1][0] == passes[1][1] <= 110
+    # The half-scale probe measures ~115 px (> 80): segmented at about 30 / 115, never at full size.
+    assert passes[0] == (200, 200) and len(passes) == 2 and 95 <= passes[1][0] == passes[1][1] <= 110
     assert labels.shape == truth.shape and labels.max() == 3
     assert min(_matched(labels, truth)) > 0.8
 
 
-def test_cells_in_range_are_segmented_once(passes):
+def test_cells_in_range_are_segmented_at_their_own_scale(passes):
     image, truth = disks((200, 200), 20, [(50, 50), (50, 150), (150, 100)])  # 40 px across
     labels = segment(image, PointwiseNet(_spec(auto=True)))
-    assert passes == [(200, 200)]
+    assert passes == [(100, 100), (200, 200)]  # the probe, then the image as it is
     assert min(_matched(labels, truth)) > 0.8
 
 
@@ -121,6 +121,12 @@ def test_a_given_diameter_rescales_without_a_first_pass(passes):
     assert labels.shape == (400, 400) and min(_matched(labels, truth)) > 0.8
     plain = segment(image, PointwiseNet(_spec()))  # neither: the image's own scale, once
     assert passes[-1] == (400, 400) and plain.shape == (400, 400)
+
+
+def test_small_cells_are_segmented_again_enlarged(passes):
+    image, truth = disks((120, 120), 3, [(20, 20), (20, 60), (60, 40), (90, 90)])  # 6 px across
+    segment(image, PointwiseNet(_spec(auto=True, min_diameter=10.0)))
+    assert passes[:2] == [(60, 60), (120, 120)] and passes[2] == (480, 480)  # 30 / 6 = 5, capped at 4
 
 
 def test_enlarging_is_capped_by_the_pixel_limit(passes, monkeypatch):

@@ -375,6 +375,11 @@ def _roles_for(cfg: TrainConfig, dist: Distributed, plan: StepPlan | None = None
     return roles
 
 
+# The last labelled dataset built, by its records and settings: the stages of one process
+# (crossct.train full) train on the same data, which is then read and held once.
+_DATASETS: dict[tuple, Any] = {}
+
+
 def split_records(cfg: TrainConfig) -> tuple[list, list]:
     """(train records, val records) of the data the settings name."""
     from . import data as D
@@ -395,11 +400,23 @@ def _build_data(cfg: TrainConfig, dist: Distributed):
 
     data_dir = Path(cfg.data) if cfg.data else default_data_dir()
     train_records, val_records = split_records(cfg)
-    cache = TargetCache(Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "crossct" / "targets")
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "crossct" / "targets"
     augmentation = D.AugmentConfig(scale=(1.0 / cfg.zoom_max, cfg.zoom_max), p_scale=cfg.p_zoom,
                                    diameter=(cfg.zoom_min_diameter, cfg.zoom_max_diameter))
-    labelled = D.LabelledDataset(train_records, cache, crop=cfg.crop, augment=True, seed=cfg.seed,
-                                 augmentation=augmentation)
+    key = (tuple(train_records), str(cache_root), cfg.crop, cfg.seed, augmentation)
+    labelled = _DATASETS.get(key)
+    if labelled is None:
+        from ..predictors import available_cpus
+        from .targets import prepare_all
+
+        # Targets missing from the cache are computed on every core first (a minute on one core
+        # for ../shared/data); the dataset then reads them all from the cache.
+        if available_cpus() > 1:
+            prepare_all(train_records, cache_root, workers=min(16, available_cpus()))
+        labelled = D.LabelledDataset(train_records, TargetCache(cache_root), crop=cfg.crop, augment=True,
+                                     seed=cfg.seed, augmentation=augmentation)
+        _DATASETS.clear()  # one kept: the stages of `crossct.train full` share it
+        _DATASETS[key] = labelled
     batches = {"labelled": StepBatches(labelled, D.source_weights(train_records, cfg.source_alpha, shapes=labelled.shapes),
                                        cfg.batch_size, cfg.seed, 1, dist)}
     if cfg.mode == "cross-teach":

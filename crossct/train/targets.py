@@ -344,10 +344,11 @@ class TargetCache:
         self._store(entry, classes, distances)
         return classes, distances
 
-    def ensure(self, label_path: str | os.PathLike) -> bool:
-        """Compute and store the targets of ``label_path`` unless present; True if they were."""
+    def ensure(self, label_path: str | os.PathLike, data: bytes | None = None) -> bool:
+        """Compute and store the targets of ``label_path`` (or of its bytes ``data``) unless
+        present; True if they were."""
         label_path = Path(label_path)
-        data = label_path.read_bytes()
+        data = label_path.read_bytes() if data is None else data
         entry = self.folder / f"{self.key(data)}.npz"
         if entry.is_file():
             self.hits += 1
@@ -357,9 +358,13 @@ class TargetCache:
         return False
 
 
-def _ensure_one(args: tuple[str, str]) -> bool:
-    root, label = args
-    return TargetCache(root).ensure(label)
+def _ensure_one(args: tuple[str, Any]) -> bool:
+    root, record = args
+    if getattr(record, "archive", None) is not None:  # a training pack's member
+        from .data import read_record_label
+
+        return TargetCache(root).ensure(record.label, read_record_label(record)[1])
+    return TargetCache(root).ensure(record.label)
 
 
 def prepare_all(records: Iterable[Any], cache_root: str | os.PathLike, workers: int | None = None) -> dict[str, int]:
@@ -376,9 +381,9 @@ def prepare_all(records: Iterable[Any], cache_root: str | os.PathLike, workers: 
     -------
     ``{"labels": n, "cached": already present, "computed": newly computed}``.
     """
-    labels = sorted({str(r.label) for r in records if getattr(r, "label", None) is not None})
+    unique = {(str(getattr(r, "archive", None)), str(r.label)): r for r in records if getattr(r, "label", None) is not None}
     workers = (os.cpu_count() or 1) if workers is None else workers
-    jobs = [(str(cache_root), label) for label in labels]
+    jobs = [(str(cache_root), unique[key]) for key in sorted(unique)]
     if workers <= 1 or len(jobs) <= 1:
         found = [_ensure_one(job) for job in jobs]
     else:

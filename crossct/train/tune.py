@@ -83,6 +83,49 @@ def tune_postprocess(cached: list[dict[str, Any]], start, passes: int = 2,
     return best, best_summary, trace
 
 
+SIZE_GRID: dict[str, list[Any]] = {
+    "reference_diameter": [24.0, 30.0, 40.0],
+    "window": [(12.0, 45.0), (16.0, 60.0), (10.0, 80.0)],
+}
+
+
+def tune_size(predictor, items: list[dict[str, Any]], spec) -> tuple[Any, dict[str, Any], list]:
+    """Automatic cell size on or off, and its reference and range, by the same score as the thresholds.
+
+    Each setting segments every image through the whole pipeline (the scales depend on the cells
+    found), so this is a small grid (:data:`SIZE_GRID`), not a descent.  Returns (the best
+    :class:`~crossct.config.SizeConfig`, its summary, trace of (setting, score)).
+    """
+    import itertools
+
+    from evaluate import f1_score
+
+    from ..pipeline import segment
+    from .loops import balanced_f1, summarize
+
+    def score(size) -> dict[str, Any]:
+        run = spec.replace(size=size)
+        per_source: dict[str, list[float]] = {}
+        for item in items:
+            f1 = f1_score(item["label"], segment(item["image"], predictor, run))["f1"]
+            per_source.setdefault(item["source"], []).append(float(f1))
+        return summarize(per_source)
+
+    off = dataclasses.replace(spec.size, auto=False, diameter=0.0)
+    best, best_summary = off, score(off)
+    trace = [("off", balanced_f1(best_summary))]
+    for reference, (low, high) in itertools.product(SIZE_GRID["reference_diameter"], SIZE_GRID["window"]):
+        if not low <= reference <= high:
+            continue
+        size = dataclasses.replace(off, auto=True, reference_diameter=reference, min_diameter=low, max_diameter=high)
+        summary = score(size)
+        trace.append((f"auto reference {reference:g} range {low:g}-{high:g}", balanced_f1(summary)))
+        logger.info("size %s: %.4f", trace[-1][0], trace[-1][1])
+        if balanced_f1(summary) > balanced_f1(best_summary) + 1e-6:
+            best, best_summary = size, summary
+    return best, best_summary, trace
+
+
 def cache_outputs(predictor, records) -> list[dict[str, Any]]:
     """Run the network once per validation image; keep outputs and labels in memory."""
     from ..pipeline import predict_outputs
@@ -102,6 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="data folder with manifest.csv, or a training pack (default: $CROSSCT_DATA or ../shared/data)")
     p.add_argument("--split", default="val")
     p.add_argument("--write", action="store_true", help="store the tuned thresholds in WEIGHTS/model.json")
+    p.add_argument("--size", action="store_true",
+                   help="after the thresholds, also choose the automatic cell size (on or off, its reference and "
+                        "range) on the split; each of its settings runs the whole pipeline over every image")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="tune for flip test-time augmentation on (or off); --write then stores that choice too "
                         "(default: the weights' setting)")
@@ -125,13 +171,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("tried %d settings", len(trace))
     result = {"before": {"postprocess": dataclasses.asdict(start), **before},
               "after": {"postprocess": dataclasses.asdict(best), **summary}}
+    size = predictor.spec.size
+    if args.size:
+        from .data import read_record_image, read_record_label
+
+        items = [{"image": read_record_image(r), "label": read_record_label(r)[0], "source": r.source} for r in records]
+        tuned_spec = predictor.spec.replace(postprocess=best,
+                                            test_time=dataclasses.replace(predictor.spec.test_time, flips=flips))
+        size, size_summary, size_trace = tune_size(predictor, items, tuned_spec)
+        result["size"] = {"size": dataclasses.asdict(size), **size_summary, "trace": size_trace}
     print(json.dumps(result, indent=2))
     if args.write:
         spec_path = Path(args.weights) / "model.json"
         spec = load_spec(spec_path)
         tuned = {"split": args.split, "flips": flips, "score_before": round(balanced_f1(before), 4),
                  "score_after": round(balanced_f1(summary), 4)}
-        save_spec(spec.replace(postprocess=best, test_time=dataclasses.replace(spec.test_time, flips=flips),
+        if args.size:
+            tuned["size_score"] = round(balanced_f1(result["size"]), 4)
+        save_spec(spec.replace(postprocess=best, size=size, test_time=dataclasses.replace(spec.test_time, flips=flips),
                                metadata={**spec.metadata, "postprocess_tuning": tuned}), spec_path)
         print(f"wrote tuned post-processing into {Path(args.weights) / 'model.json'}")
     return 0
