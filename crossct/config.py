@@ -126,8 +126,8 @@ class SizeConfig(Checked):
     auto: bool = False
     diameter: float = setting(0.0, ge=0, le=10000)
     reference_diameter: float = setting(30.0, gt=0, le=10000)
-    min_diameter: float = setting(10.0, gt=0, le=10000)
-    max_diameter: float = setting(80.0, gt=0, le=10000)
+    min_diameter: float = setting(20.0, gt=0, le=10000)
+    max_diameter: float = setting(60.0, gt=0, le=10000)
     max_zoom: float = setting(4.0, ge=1, le=16)
 
     def _check(self) -> None:

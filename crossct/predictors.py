@@ -106,7 +106,7 @@ def available_cpus() -> int:
 # On a CPU, tiles go through the network side by side, one call per core, rather than one call
 # spread over all cores: the paper U-Net's thin full-resolution layers and its instance norms
 # scale badly across threads (2 cores, ms per 256 tile: 10.0-11.2 side by side against 10.6-12.1
-# for one call on both; benchmarks/README.md, session 3).
+# for one call on both; benchmarks/README.md).
 # Capped so that a many-core machine does not hold dozens of tiles' activations at once; the
 # cores left over are shared out as threads within each call.
 MAX_CPU_CALLS = 8

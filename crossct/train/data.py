@@ -1,6 +1,7 @@
 """Training data: records, in-memory datasets of augmented crops, source-balanced sampling.
 
-Data flow: a manifest CSV or paired folders -> :class:`Record` s -> :class:`LabelledDataset` (images
+Data flow: a manifest CSV, paired folders or a training pack (:mod:`crossct.train.pack`) ->
+:class:`Record` s -> :class:`LabelledDataset` (images
 read and normalised once, targets from the :class:`~crossct.train.targets.TargetCache`, all held in
 memory) -> one augmented ``crop x crop`` item per index, drawn with an RNG keyed by
 ``(seed, epoch, index)`` -> a sampler whose weights keep the largest source from drowning the small
@@ -9,9 +10,10 @@ ones (:func:`source_weights`).
 Memory: normalised images and distance maps are kept as ``uint8`` (value / 255: steps of 0.004, far
 finer than the intensity jitter and than any network's regression error; converting uint8 is also
 several times faster than float16 per crop), images with a single channel when the three normalised
-channels are equal, class maps as ``uint8``: 4 bytes per pixel for a grey image instead of 8 with
-float16 distances (all 674 pairs of ``../shared/data``: 172 MiB images + 424 MiB targets). Images
-used by both a labelled and an unlabelled dataset are held once (shared through a weak-value store).
+channels are equal, class maps as ``uint8``, and the instance labels as ``uint16`` (zoomed crops
+recompute their class map from them): 6 bytes per pixel for a grey image (the 685 training pairs of
+``../shared/data``: 1,523 MB in all). Images used by both a labelled and an unlabelled dataset are
+held once (shared through a weak-value store).
 
 Scale jitter (over cell sizes, see :class:`AugmentConfig`): the window cut from the image is
 ``crop / scale`` pixels and is resized to ``crop``:
