@@ -8,7 +8,8 @@ deflated: they are compressed already):
 - ``manifest.csv``: the manifest's columns, ``image`` / ``label`` naming members of the pack;
 - ``images/<source>/<name>.png|.webp``: the image *as training holds it in memory*, i.e. after
   percentile normalisation and quantisation to uint8 (:func:`crossct.train.data.load_normalized`),
-  grey kept as one channel;
+  grey kept as one channel; in WebP, images of separate markers as stacked grey planes
+  (:func:`layout`);
 - ``labels/<source>/<name>_label.tiff``: the instance labels, lossless (LZMA TIFF: 20-30 %
   smaller than zlib or PNG on this data);
 - ``unlabeled/<folder>/<name>.png|.webp``: unlabelled images, normalised the same way.
@@ -68,19 +69,40 @@ def _encode_png(image: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+def layout(image: np.ndarray) -> str:
+    """How a lossy codec should see an (H, W, C) image: ``gray`` (C = 1), ``color`` (3 correlated
+    channels, e.g. H&E: WebP's colour mode, chroma at half resolution) or ``planes`` (3 channels
+    that are separate stains or markers: each coded as a grey image at full resolution, since
+    subsampled chroma would blur one marker into another; measured on the Cellpose-style
+    two-marker images at quality 85: PSNR 35.4 -> 44.1 dB)."""
+    if image.shape[2] == 1:
+        return "gray"
+    flat = image.reshape(-1, image.shape[2]).astype(np.float32)
+    spread = flat.std(axis=0)
+    if (spread < 1.0).any():  # a constant channel (e.g. an empty blue one): markers, not colour
+        return "planes"
+    corr = np.corrcoef(flat, rowvar=False)
+    return "color" if corr[np.triu_indices(image.shape[2], 1)].min() > 0.9 else "planes"
+
+
 def _encode_webp(image: np.ndarray, quality: int) -> bytes:
+    if layout(image) == "planes":  # channels stacked vertically, one grey image
+        image = np.concatenate([image[..., c] for c in range(image.shape[2])], axis=0)
     ok, buf = cv2.imencode(".webp", np.ascontiguousarray(image), [cv2.IMWRITE_WEBP_QUALITY, int(quality)])
     if not ok:
         raise RuntimeError("WebP encoding failed")
     return buf.tobytes()
 
 
-def decode_image(data: bytes, channels: int) -> np.ndarray:
+def decode_image(data: bytes, channels: int, image_layout: str = "") -> np.ndarray:
     """Bytes of a pack image -> (H, W, channels) uint8 (channel order as stored)."""
-    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
+    planes = image_layout == "planes"
+    flag = cv2.IMREAD_GRAYSCALE if channels == 1 or planes else cv2.IMREAD_COLOR
     image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     if image is None:
         raise ValueError("not a decodable PNG/WebP image")
+    if planes:
+        return np.stack(np.split(image, channels, axis=0), axis=-1)
     return image.reshape(image.shape[0], image.shape[1], channels)
 
 
@@ -161,7 +183,8 @@ def write_pack(data_dir: str | os.PathLike, out: str | os.PathLike, budget_mib: 
                 r = e["record"]
                 member = e["image"] + suffix
                 zf.writestr(member, data)
-                decoded = decode_image(data, image.shape[2]).astype(np.float64)
+                image_layout = layout(image) if quality is not None else "color"
+                decoded = decode_image(data, image.shape[2], image_layout).astype(np.float64)
                 diff = np.abs(decoded - image)
                 mse = float(np.mean(diff ** 2))
                 err = errors.setdefault(r.source, {"mean_abs": [], "max_abs": [], "psnr": []})
@@ -171,7 +194,7 @@ def write_pack(data_dir: str | os.PathLike, out: str | os.PathLike, budget_mib: 
                 if e["label"]:
                     zf.writestr(e["label"], labels[e["label"]])
                 rows.append({"source": r.source, "name": r.name, "image": member, "label": e["label"] or "",
-                             "split": r.split if e["label"] else "unlabelled", "channels": image.shape[2],
+                             "split": r.split if e["label"] else "unlabelled", "channels": image.shape[2], "layout": image_layout,
                              "height": image.shape[0], "width": image.shape[1]})
             manifest = io.StringIO()
             writer = csv.DictWriter(manifest, fieldnames=list(rows[0]))
@@ -217,7 +240,7 @@ class Pack:
         self.normalize = NormalizeConfig(**self.info["normalize"])
         self._lock = threading.Lock()
         self.rows = list(csv.DictReader(io.StringIO(self.read("manifest.csv").decode())))
-        self._channels = {row["image"]: int(row["channels"]) for row in self.rows}
+        self._channels = {row["image"]: (int(row["channels"]), row.get("layout", "")) for row in self.rows}
 
     def read(self, member: str) -> bytes:
         with self._lock:
@@ -244,7 +267,7 @@ class Pack:
     def image(self, member: str | os.PathLike) -> np.ndarray:
         """(H, W, C) uint8 normalised image, C = 1 or 3 (read-only)."""
         member = str(member)
-        image = decode_image(self.read(member), self._channels[member])
+        image = decode_image(self.read(member), *self._channels[member])
         image.flags.writeable = False
         return image
 
