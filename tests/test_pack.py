@@ -108,3 +108,27 @@ def test_separate_markers_are_coded_as_planes_and_keep_their_detail():
     assert planar.shape == markers.shape
     # Chroma at half resolution smears the stripes of one marker; planes keep them.
     assert np.abs(planar - markers).mean() < 0.5 * np.abs(as_colour - markers).mean()
+
+
+
+def _read_members(pack_path: str, members: list[str]) -> tuple[int, list[bytes]]:
+    pack = open_pack(pack_path)
+    return id(pack), [pack.read(m) for m in members for _ in range(20)]
+
+
+def test_forked_workers_read_a_pack_opened_by_their_parent(data_dir, tmp_path):
+    """Target building forks a pool after the parent opened the pack: each child must read through
+    its own handle (the inherited one shares its file offset with the parent and every other child,
+    and concurrent reads through it return corrupt members)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    path = tmp_path / "data.pack"
+    write_pack(data_dir, path, lossless=True)
+    parent = open_pack(path)
+    members = [str(r.label) for r in parent.records()] + [str(r.image) for r in parent.records()]
+    expected = [parent.read(m) for m in members for _ in range(20)]
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("fork")) as pool:
+        results = list(pool.map(_read_members, [str(path)] * 8, [members] * 8))
+    assert all(pack_id != id(parent) for pack_id, _ in results)  # opened anew in each child
+    assert all(found == expected for _, found in results)

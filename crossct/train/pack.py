@@ -280,6 +280,18 @@ _PACKS: dict[Path, Pack] = {}
 _PACKS_LOCK = threading.Lock()
 
 
+def _forget_packs_after_fork() -> None:
+    # A forked child (the target-building pool, loader workers) inherits the parent's open ZIP
+    # handles, and with them one file offset shared with the parent and every other child: reads
+    # through them race (seen as "Bad CRC-32").  Each process opens its own.
+    global _PACKS_LOCK
+    _PACKS.clear()
+    _PACKS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_packs_after_fork)
+
+
 def open_pack(path: str | os.PathLike) -> Pack:
     """The :class:`Pack` of ``path``, opened once per process."""
     key = Path(path).resolve()
