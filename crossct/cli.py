@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diameter", metavar="PX", default=None,
                    help="typical cell diameter in pixels: the image is rescaled so that its cells match the sizes "
                         "the network was trained on; 'auto' measures it per image (a second pass only for images "
-                        "whose cells are far from those sizes); default: the weights' setting")
+                        "whose cells are far from those sizes); 'native': one pass at the image's own scale; "
+                        "default: the weights' setting")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="flip test-time augmentation (4 network passes per tile, outputs averaged); "
                         "default: the weights' setting")
@@ -150,17 +151,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _diameter(text: str | None) -> float | None:
-    """``--diameter``: None (the weights' setting), 0.0 ('auto') or a positive number of pixels."""
+    """``--diameter``: None (the weights' setting), 0.0 ('auto'), -1.0 ('native': no rescaling) or a
+    positive number of pixels."""
     if text is None:
         return None
     if text.strip().lower() == "auto":
         return 0.0
+    if text.strip().lower() == "native":
+        return -1.0
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
     if not (value > 0 and value < 10000):
-        raise _Fatal(f"--diameter {text!r}: give a cell diameter in pixels (a number above 0) or 'auto'")
+        raise _Fatal(f"--diameter {text!r}: give a cell diameter in pixels (a number above 0), 'auto' or 'native'")
     return value
 
 
@@ -168,7 +172,10 @@ def _test_time_options(spec, args: argparse.Namespace):
     """``spec`` with ``--diameter`` and ``--tta`` applied."""
     diameter = _diameter(args.diameter)
     if diameter is not None:
-        size = dataclasses.replace(spec.size, diameter=diameter, auto=spec.size.auto or diameter == 0.0)
+        if diameter < 0:  # native: neither a given diameter nor the automatic estimate
+            size = dataclasses.replace(spec.size, diameter=0.0, auto=False)
+        else:
+            size = dataclasses.replace(spec.size, diameter=diameter, auto=spec.size.auto or diameter == 0.0)
         spec = spec.replace(size=size)
     if args.tta is not None:
         spec = spec.replace(test_time=dataclasses.replace(spec.test_time, flips=args.tta))

@@ -179,6 +179,9 @@ def test_cli_options_override_the_weights_settings(tmp_path, tiny_weights, caplo
     auto = cli._test_time_options(spec, argparse.Namespace(diameter="auto", tta=None))
     assert auto.size.auto is True and auto.size.diameter == 0.0 and auto.test_time == spec.test_time
     assert cli._test_time_options(spec, argparse.Namespace(diameter=None, tta=None)) == spec
+    automatic = spec.replace(size=dataclasses.replace(spec.size, auto=True, diameter=20.0))
+    native = cli._test_time_options(automatic, argparse.Namespace(diameter="native", tta=None))
+    assert native.size.auto is False and native.size.diameter == 0.0
     image_dir = tmp_path / "in"
     image_dir.mkdir()
     (image_dir / "a.png").write_bytes(b"")
