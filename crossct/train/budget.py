@@ -2,8 +2,10 @@
 
 A run given ``--time-budget M`` first trains a few probe steps and validates once, timing both;
 :func:`plan_steps` then turns the seconds left into a step count (the learning-rate schedule decays
-to it) and a validation interval.  A guard stops the run early, with its final validation and
-checkpoint, should the plan overrun (a slower machine than measured, a shared GPU).
+to it) and a validation interval.  At every validation after that the rest is planned again from
+the steps since the last plan (a GPU's first steps are slow, a shared machine's load changes), so
+the schedule ends when the budget does.  A guard stops the run early, with its final validation and
+checkpoint, should the plan still overrun.
 
 :class:`TimeAccount` sums wall time per kind of work (setup, data, compute, validation,
 checkpoints) for the report written at the end of every run (``time_report.json``); ``data`` is

@@ -87,6 +87,16 @@ class Distributed:
         if self.world > 1:
             torch.distributed.barrier()
 
+    def from_main(self, values: list[float]) -> list[float]:
+        """The main process's ``values`` on every process (decisions taken from timings, which
+        differ between processes, must agree, or the processes' step counts part and DDP hangs)."""
+        if self.world == 1:
+            return list(values)
+        shared = torch.tensor([float(v) if self.main else 0.0 for v in values], dtype=torch.float64,
+                              device=self.device)
+        torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.SUM)
+        return shared.tolist()
+
     def close(self) -> None:
         if self.world > 1 and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
@@ -126,6 +136,11 @@ class StopRequest:
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
             stop = bool(flag.item())
         return stop
+
+
+def _train_seconds(account: TimeAccount) -> float:
+    """Seconds spent on training steps so far: compute, waiting for data, and checkpoints."""
+    return sum(account.seconds.get(k, 0.0) for k in ("compute", "data", "checkpoint"))
 
 
 # ----------------------------------------------------------------------------- roles
@@ -634,6 +649,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
     planned = budget is None
     seconds_per_step = seconds_per_val = 0.0
     probe_start = 0.0
+    plan_mark = (start_step, 0.0)  # (step, training seconds) when the steps were last planned
     progress = None
     if dist.main and sys.stderr.isatty():
         from tqdm import tqdm
@@ -672,16 +688,38 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
                     validate(step)
                     seconds_per_val = time.perf_counter() - t0
                     left = budget - account.elapsed
-                    plan.total, every = plan_steps(step, left, seconds_per_step, seconds_per_val, cfg.val_count)
+                    total, every = plan_steps(step, left, seconds_per_step, seconds_per_val, cfg.val_count)
+                    plan.total, every = (int(v) for v in dist.from_main([total, every]))
                     cfg = dataclasses.replace(cfg, steps=max(plan.total, 1), val_every=every)
                     save_config()
                     planned = True
+                    plan_mark = (step, _train_seconds(account))
                     if progress:
                         progress.total = plan.total
                     logger.info("time budget: %.2f s/step, %.1f s per validation, %.1f min left -> %d steps "
                                 "(validating every %d)", seconds_per_step, seconds_per_val, left / 60, plan.total, every)
             if cfg.val_every and step % cfg.val_every == 0 and step < plan.total:
+                t0 = time.perf_counter()
                 validate(step)
+                if budget is not None and planned and step > plan_mark[0]:
+                    # Throughput drifts (a GPU's first steps are slow, a shared machine's load
+                    # changes): re-plan the rest from the steps since the last plan, so the run
+                    # neither stops short of its schedule's end nor leaves budget unused.
+                    seconds_per_step = (_train_seconds(account) - plan_mark[1]) / (step - plan_mark[0])
+                    seconds_per_val = time.perf_counter() - t0 if dist.main else seconds_per_val
+                    validations = max(0, (plan.total - 1 - step) // cfg.val_every)
+                    total, every = plan_steps(step, budget - account.elapsed, seconds_per_step, seconds_per_val,
+                                              validations)
+                    total, every = (int(v) for v in dist.from_main([total, every]))
+                    if abs(total - plan.total) > 0.02 * plan.total and total > step:
+                        logger.info("time budget: %.2f s/step since step %d -> %d steps instead of %d",
+                                    seconds_per_step, plan_mark[0], total, plan.total)
+                        plan.total = total
+                        cfg = dataclasses.replace(cfg, steps=total, val_every=every or cfg.val_every)
+                        save_config()
+                        if progress:
+                            progress.total = plan.total
+                    plan_mark = (step, _train_seconds(account))
             timed_out = time.monotonic() - last_save > cfg.checkpoint_minutes * 60
             if timed_out or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 checkpoint(step)
@@ -692,7 +730,8 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
                 break
             if budget is not None and planned and step < plan.total:
                 # The plan overran (a slower moment than the probe): keep the final validation's time.
-                if budget - account.elapsed < seconds_per_val + seconds_per_step + 5.0:
+                spent = budget - account.elapsed < seconds_per_val + seconds_per_step + 5.0
+                if dist.from_main([spent])[0]:
                     logger.warning("time budget nearly spent at step %d of %d: stopping with a final validation",
                                    step, plan.total)
                     break
