@@ -701,21 +701,24 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
             if cfg.val_every and step % cfg.val_every == 0 and step < plan.total:
                 t0 = time.perf_counter()
                 validate(step)
-                if budget is not None and planned and step > plan_mark[0]:
+                if budget is not None and planned and step - plan_mark[0] >= PROBE_STEPS:
                     # Throughput drifts (a GPU's first steps are slow, a shared machine's load
-                    # changes): re-plan the rest from the steps since the last plan, so the run
-                    # neither stops short of its schedule's end nor leaves budget unused.
+                    # changes): re-plan the rest from the steps since the last plan (at least as
+                    # many as the probe timed), so the run neither stops short of its schedule's
+                    # end nor leaves budget unused.  The validation interval stays.
                     seconds_per_step = (_train_seconds(account) - plan_mark[1]) / (step - plan_mark[0])
                     seconds_per_val = time.perf_counter() - t0 if dist.main else seconds_per_val
-                    validations = max(0, (plan.total - 1 - step) // cfg.val_every)
-                    total, every = plan_steps(step, budget - account.elapsed, seconds_per_step, seconds_per_val,
+                    total = plan.total
+                    for _ in range(2):  # the validations to pay for depend on the total
+                        validations = max(0, (total - 1 - step) // cfg.val_every)
+                        total, _ = plan_steps(step, budget - account.elapsed, seconds_per_step, seconds_per_val,
                                               validations)
-                    total, every = (int(v) for v in dist.from_main([total, every]))
+                    total = int(dist.from_main([total])[0])
                     if abs(total - plan.total) > 0.02 * plan.total and total > step:
                         logger.info("time budget: %.2f s/step since step %d -> %d steps instead of %d",
                                     seconds_per_step, plan_mark[0], total, plan.total)
                         plan.total = total
-                        cfg = dataclasses.replace(cfg, steps=total, val_every=every or cfg.val_every)
+                        cfg = dataclasses.replace(cfg, steps=total)
                         save_config()
                         if progress:
                             progress.total = plan.total
