@@ -36,9 +36,11 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
+
+from benchmarks.bench_speed import best_seconds
 
 EXIT_NO_GPU = 2
 
@@ -170,20 +172,10 @@ def dense_throughput(providers: list, repeat: int = 10) -> tuple[float, str]:
     with tempfile.TemporaryDirectory(prefix="crossct-dense-") as tmp:
         for name, (path, inputs, flops) in _dense_models(Path(tmp), small).items():
             session = ort.InferenceSession(str(path), providers=providers)
-            seconds = _best_of(lambda: session.run(None, inputs), repeat)
+            seconds = best_seconds(lambda: session.run(None, inputs), repeat)
             if flops / seconds > best:
                 best, which = flops / seconds, name
     return best, which
-
-
-def _best_of(fn: Callable[[], object], repeat: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 # --------------------------------------------------------------------------- the two paths
@@ -244,23 +236,29 @@ def samples_from(args) -> list[Sample]:
     return samples
 
 
-def compare_labels(samples: list[Sample], reference, candidate) -> list[dict]:
-    """Per image: identical or not, F1 of candidate against reference, and of both against the ground truth."""
+def read_samples(samples: list[Sample]) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """(name, image, ground-truth labels or None) of each sample, read once."""
     from crossct.io import read_image
+    from evaluate import read_labels
+
+    return [(s.image.name, read_image(s.image), read_labels(s.label) if s.label is not None else None) for s in samples]
+
+
+def compare_labels(items: list[tuple[str, np.ndarray, np.ndarray | None]], reference, candidate) -> list[dict]:
+    """Per (name, image, truth or None): identical or not, F1 of candidate against reference, and of
+    both against the ground truth."""
     from crossct.pipeline import segment
-    from evaluate import f1_score, read_labels
+    from evaluate import f1_score
 
     rows = []
-    for sample in samples:
-        image = read_image(sample.image)
+    for name, image, truth in items:
         ref, got = segment(image, reference), segment(image, candidate)
-        row = {"image": sample.image.name, "MP": image.shape[0] * image.shape[1] / 1e6,
+        row = {"image": name, "MP": image.shape[0] * image.shape[1] / 1e6,
                "identical": ref.shape == got.shape and bool(np.array_equal(ref, got)),
                "cells": (int(ref.max()), int(got.max()))}
         row["f1_vs_ref"] = 1.0 if row["identical"] else float(f1_score(ref, got)["f1"])
-        if sample.label is not None:
-            gt = read_labels(sample.label)
-            row["f1_gt"] = (float(f1_score(gt, ref)["f1"]), float(f1_score(gt, got)["f1"]))
+        if truth is not None:
+            row["f1_gt"] = (float(f1_score(truth, ref)["f1"]), float(f1_score(truth, got)["f1"]))
         rows.append(row)
     return rows
 
@@ -363,13 +361,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     runtime = f"onnxruntime {ort.__version__}, {candidate.description}"
     print(f"bench_gpu: {device}; {runtime}; {len(samples)} images", file=sys.stderr)
 
-    rows = compare_labels(samples, reference, candidate)  # also the warm-up of both paths
-    from crossct.io import read_image
+    items = read_samples(samples)
+    rows = compare_labels(items, reference, candidate)  # also the warm-up of both paths
     from crossct.pipeline import segment
 
-    images = [read_image(s.image) for s in samples]
     t = time.perf_counter()
-    for image in images:
+    for _, image, _ in items:
         segment(image, candidate)
     images_s = time.perf_counter() - t
     speed = time_one_megapixel(candidate, args.repeat)

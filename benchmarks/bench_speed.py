@@ -371,7 +371,8 @@ def count_flops(module, shape: tuple[int, ...]) -> int:
     return total
 
 
-def _best_seconds(fn: Callable[[], Any], repeat: int) -> float:
+def best_seconds(fn: Callable[[], Any], repeat: int) -> float:
+    """Fastest of ``repeat`` timed calls of ``fn``, after one untimed warm-up call."""
     fn()
     best = float("inf")
     for _ in range(repeat):
@@ -394,13 +395,13 @@ def _worker_peak(args: argparse.Namespace) -> dict[str, Any]:
     n = args.matmul_size
     rng = np.random.default_rng(0)
     a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
-    gflops = {"numpy matmul": 2 * n**3 / _best_seconds(lambda: a @ b, 5) / 1e9}
+    gflops = {"numpy matmul": 2 * n**3 / best_seconds(lambda: a @ b, 5) / 1e9}
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
     with torch.inference_mode():
-        gflops["torch matmul"] = 2 * n**3 / _best_seconds(lambda: ta @ tb, 5) / 1e9
+        gflops["torch matmul"] = 2 * n**3 / best_seconds(lambda: ta @ tb, 5) / 1e9
         x, w = torch.rand(4, 64, 128, 128), torch.rand(64, 64, 3, 3)
         conv_flops = 2 * 4 * 64 * 128 * 128 * 64 * 9
-        gflops["torch conv3x3"] = conv_flops / _best_seconds(lambda: torch.nn.functional.conv2d(x, w, padding=1), 5) / 1e9
+        gflops["torch conv3x3"] = conv_flops / best_seconds(lambda: torch.nn.functional.conv2d(x, w, padding=1), 5) / 1e9
 
     spec = load_spec(Path(args.weights) / "model.json")
     network = build_network(spec.model)

@@ -30,46 +30,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="also write the markdown here")
     args = p.parse_args(argv)
 
-    import numpy as np
     import torch
 
+    from benchmarks.bench_gpu import compare_labels
     from crossct.pipeline import segment
     from crossct.predictors import load_predictor
     from crossct.train.data import data_records, read_record_image, read_record_label
     from crossct.train.loops import round_robin
-    from evaluate import f1_score
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     paths = {"ONNX Runtime, CPU": load_predictor(args.weights, backend="onnx", device="cpu"),
              f"PyTorch, {device}": load_predictor(args.weights, backend="torch", device=device)}
     records = round_robin(data_records(args.data, "val"), args.images)
-    items = [(r, read_record_image(r), read_record_label(r)[0]) for r in records]
-    results: dict[str, list] = {}
+    items = [(r.name, read_record_image(r), read_record_label(r)[0]) for r in records]
+    rows = compare_labels(items, *paths.values())  # also the warm-up of both paths (CUDA context, kernels)
     seconds: dict[str, list[float]] = {}
     for name, predictor in paths.items():
-        segment(items[0][1], predictor)  # warm-up (CUDA context, kernel selection)
-        results[name], seconds[name] = [], []
+        seconds[name] = []
         for _, image, _ in items:
             if device == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            results[name].append(segment(image, predictor))
+            segment(image, predictor)  # labels come back to the host: the GPU is done
             seconds[name].append((time.perf_counter() - t0) / (image.shape[0] * image.shape[1] / 1e6))
-    (cpu_name, cpu), (gpu_name, gpu) = results.items()
     gpu_label = torch.cuda.get_device_name(0) if device == "cuda" else "no GPU: PyTorch on the CPU"
     lines = [f"Inference paths on {len(items)} val images ({gpu_label}; weights `{args.weights}`)", "",
              "| image | source | identical | F1 GPU vs CPU | F1 CPU vs truth | F1 GPU vs truth |", "|---|---|---|---|---|---|"]
-    same = 0
-    for (record, _, truth), a, b in zip(items, cpu, gpu):
-        identical = a.shape == b.shape and np.array_equal(a, b)
-        same += identical
-        lines.append(f"| {record.name} | {record.source} | {'yes' if identical else 'no'} | "
-                     f"{1.0 if identical else f1_score(a, b)['f1']:.4f} | {f1_score(truth, a)['f1']:.4f} | "
-                     f"{f1_score(truth, b)['f1']:.4f} |")
-    lines += ["", f"identical label images: {same} of {len(items)}", "",
+    for record, row in zip(records, rows):
+        lines.append(f"| {row['image']} | {record.source} | {'yes' if row['identical'] else 'no'} | "
+                     f"{row['f1_vs_ref']:.4f} | {row['f1_gt'][0]:.4f} | {row['f1_gt'][1]:.4f} |")
+    lines += ["", f"identical label images: {sum(r['identical'] for r in rows)} of {len(rows)}", "",
               "| path | median s per megapixel | mean F1 vs truth |", "|---|---|---|"]
-    for name in paths:
-        f1 = statistics.fmean(f1_score(t, r)["f1"] for (_, _, t), r in zip(items, results[name]))
+    for i, name in enumerate(paths):
+        f1 = statistics.fmean(r["f1_gt"][i] for r in rows)
         lines.append(f"| {name} | {statistics.median(seconds[name]):.3f} | {f1:.4f} |")
     text = "\n".join(lines) + "\n"
     print(text)
