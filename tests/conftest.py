@@ -61,6 +61,18 @@ def cells_image(height: int = 96, width: int = 128, n_cells: int = 6, seed: int 
     return image.astype(dtype)
 
 
+def training_folders(root: Path, n_train: int = 4, val_size: tuple[int, int] = (96, 128)) -> dict:
+    """Synthetic train / val / unlabelled image folders under ``root``, as training settings
+    (``images_dir``, ``labels_dir``, ``val_images_dir``, ``val_labels_dir``, ``unlabelled``, ``cache_dir``)."""
+    from crossct.synthetic import write_synthetic_dataset
+
+    images, labels = write_synthetic_dataset(root / "train", n_images=n_train, size=(96, 128), seed=0)
+    val_images, val_labels = write_synthetic_dataset(root / "val", n_images=2, size=val_size, seed=100)
+    unlabelled, _ = write_synthetic_dataset(root / "unlabelled", n_images=2, size=(96, 128), seed=200)
+    return {"images_dir": str(images), "labels_dir": str(labels), "val_images_dir": str(val_images),
+            "val_labels_dir": str(val_labels), "unlabelled": (str(unlabelled),), "cache_dir": str(root / "cache")}
+
+
 def write_png(path: Path, array: np.ndarray) -> Path:
     """Write an (H, W) or (H, W, C) RGB(A) array as PNG (byte-exact; handles non-ASCII names)."""
     import cv2

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import training_folders
 from crossct.config import (
     RESUNET_PAPER,
     SWIN_UNETR_PAPER,
@@ -31,7 +32,6 @@ from crossct.io import read_image
 from crossct.pipeline import predict_outputs
 from crossct.predictors import load_predictor
 from crossct.nets import build_network, count_parameters
-from crossct.synthetic import write_synthetic_dataset
 from crossct.train import loops
 from crossct.train.checkpoint import load_checkpoint
 from crossct.train.config import TrainConfig
@@ -44,12 +44,7 @@ ARCH_OF = {"unet": "unet", "resunet": "resunet", "unetr": "unetr", "swin": "swin
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    images, labels = write_synthetic_dataset(root / "train", n_images=3, size=(96, 128), seed=0)
-    val_images, val_labels = write_synthetic_dataset(root / "val", n_images=2, size=(80, 112), seed=100)
-    unlabelled, _ = write_synthetic_dataset(root / "unlabelled", n_images=2, size=(96, 128), seed=200)
-    return {"images_dir": str(images), "labels_dir": str(labels), "val_images_dir": str(val_images),
-            "val_labels_dir": str(val_labels), "unlabelled": (str(unlabelled),), "cache_dir": str(root / "cache")}
+    return training_folders(tmp_path_factory.mktemp("synthetic"), n_train=3, val_size=(80, 112))
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import training_folders
 from crossct.synthetic import write_synthetic_dataset
 from crossct.train import loops
 from crossct.train.budget import PROBE_SKIP, PROBE_STEPS, plan_steps
@@ -22,13 +23,8 @@ from crossct.train.prefetch import auto_workers, step_batches
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    train_images, train_labels = write_synthetic_dataset(root / "train", n_images=4, size=(96, 128), seed=0)
-    val_images, val_labels = write_synthetic_dataset(root / "val", n_images=2, size=(96, 128), seed=100)
     other_images, other_labels = write_synthetic_dataset(root / "val2", n_images=2, size=(96, 128), seed=300)
-    unlabelled, _ = write_synthetic_dataset(root / "unlabelled", n_images=2, size=(96, 128), seed=200)
-    return {"images_dir": str(train_images), "labels_dir": str(train_labels), "val_images_dir": str(val_images),
-            "val_labels_dir": str(val_labels), "unlabelled": (str(unlabelled),), "cache_dir": str(root / "cache"),
-            "_other_val": (str(other_images), str(other_labels))}
+    return {**training_folders(root), "_other_val": (str(other_images), str(other_labels))}
 
 
 def _cfg(synthetic, run_dir, **kw):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crossct.synthetic import write_synthetic_dataset
+from conftest import training_folders
 from crossct.train.checkpoint import load_checkpoint
 from crossct.train.config import TrainConfig
 from crossct.train.loops import train
@@ -20,12 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic")
-    train_images, train_labels = write_synthetic_dataset(root / "train", n_images=4, size=(96, 128), seed=0)
-    val_images, val_labels = write_synthetic_dataset(root / "val", n_images=2, size=(96, 128), seed=100)
-    unlabelled, _ = write_synthetic_dataset(root / "unlabelled", n_images=2, size=(96, 128), seed=200)
-    return {"images_dir": str(train_images), "labels_dir": str(train_labels), "val_images_dir": str(val_images),
-            "val_labels_dir": str(val_labels), "unlabelled": (str(unlabelled),), "cache_dir": str(root / "cache")}
+    return training_folders(tmp_path_factory.mktemp("synthetic"))
 
 
 def _cfg(synthetic, run_dir, **kw):
