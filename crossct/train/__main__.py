@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("full", add_help=False, help="the whole protocol (both networks, cross-teaching, export, tuning) "
                    "inside one time budget (python -m crossct.train full --help)")
+    sub.add_parser("average", add_help=False, help="the mean of several networks' weights, for export or --init "
+                   "(python -m crossct.train average --help)")
     sub.add_parser("pack", add_help=False, help="write every image and label training needs into one file "
                    "(python -m crossct.train pack --help)")
     for name, text in (("supervised", "supervised pre-training of one network (--model unet|resunet|unetr|swin)"),
@@ -50,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .pack import pack_main
 
         return pack_main(argv[1:])
+    if argv[:1] == ["average"]:
+        from .average import main as average_main
+
+        return average_main(argv[1:])
     if argv[:1] == ["full"]:
         from .protocol import main as full_main
 
