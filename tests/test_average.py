@@ -46,3 +46,11 @@ def test_the_command_writes_a_checkpoint_that_loads_as_the_mean(tmp_path):
     key = next(k for k in mean if mean[k].is_floating_point())
     assert torch.allclose(mean[key], (first[key] + second[key]) / 2)
     assert not torch.allclose(mean[key], first[key])
+
+
+def test_a_missing_input_is_a_clear_error_and_writes_nothing(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "missing.pt"), str(tmp_path / "also-missing.pt"), "--out", str(tmp_path / "mean.pt")])
+    assert exit_info.value.code == 2
+    assert "missing.pt does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "mean.pt").exists()

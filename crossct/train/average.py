@@ -52,12 +52,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if len(args.inputs) < 2:
         p.error("give two or more networks to average")
-    loaded = [load_weights(path) for path in args.inputs]
+    try:
+        loaded = [load_weights(path) for path in args.inputs]
+    except (FileNotFoundError, ValueError) as exc:
+        p.error(str(exc))
     spec = loaded[0][0]
     for path, (other, _) in zip(args.inputs[1:], loaded[1:]):
         if other.model != spec.model:
             p.error(f"{path}: a {other.model.arch} with {other.model.kwargs}, not the {spec.model.arch} of {args.inputs[0]}")
-    state = average_weights([weights for _, weights in loaded])
+    try:
+        state = average_weights([weights for _, weights in loaded])
+    except ValueError as exc:
+        p.error(str(exc))
     save_checkpoint(args.out, {"model": state, "spec": spec.to_dict(), "averaged": [str(x) for x in args.inputs]})
     print(f"wrote {args.out}: mean of {len(loaded)} networks")
     return 0
