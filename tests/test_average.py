@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from crossct.config import spec_for_crop
+from crossct.nets import build_network
 from crossct.train.average import average_weights, main
 from crossct.train.checkpoint import save_checkpoint
-from crossct.config import spec_for_crop
 from crossct.train.loops import MODEL_SPECS, load_weights
 
 
@@ -32,8 +33,6 @@ def test_networks_with_other_parameters_or_shapes_are_refused():
 
 def test_the_command_writes_a_checkpoint_that_loads_as_the_mean(tmp_path):
     spec = spec_for_crop(MODEL_SPECS["unet"], 256)
-    from crossct.nets import build_network
-
     paths = []
     for seed in (0, 1):
         torch.manual_seed(seed)

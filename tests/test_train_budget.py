@@ -14,7 +14,7 @@ import torch
 from conftest import training_folders
 from crossct.synthetic import write_synthetic_dataset
 from crossct.train import loops
-from crossct.train.budget import PROBE_SKIP, PROBE_STEPS, plan_steps
+from crossct.train.budget import PROBE_SKIP, PROBE_STEPS, plan_steps, replan_steps
 from crossct.train.checkpoint import load_checkpoint
 from crossct.train.config import TrainConfig
 from crossct.train.prefetch import auto_workers, step_batches
@@ -42,6 +42,18 @@ def test_plan_steps_pays_for_validations_first():
     assert plan_steps(50, 10.0, 0.5, 10.0, 3) == (50, 1)  # nothing left: no more steps
     with pytest.raises(ValueError):
         plan_steps(0, 10.0, 0.0, 1.0, 1)
+
+
+def test_replan_steps_pays_for_the_validations_of_the_total_it_plans():
+    # From 200 planned: 440 would fit 1 validation, but 440 steps hold 6 + the last: 100 - 5 - 35 = 60 s.
+    assert replan_steps(100, 200, 100.0, 0.25, 5.0, 50) == 340
+    # Steps twice as slow as planned: fewer steps, whose time and validations fit what is left (two
+    # passes may leave one validation's worth of error), and never fewer than the current one.
+    total = replan_steps(100, 340, 100.0, 0.5, 5.0, 50)
+    validations = (total - 1 - 100) // 50
+    assert 100 < total < 340
+    assert (total - 100) * 0.5 + (validations + 1) * 5.0 + 5.0 <= 100.0 + 5.0
+    assert replan_steps(100, 340, 1.0, 0.5, 5.0, 50) == 100
 
 
 def test_a_budgeted_run_plans_its_steps_and_reports_its_time(synthetic, tmp_path):

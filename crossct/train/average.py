@@ -20,7 +20,11 @@ __all__ = ["average_weights", "main"]
 
 def average_weights(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Element-wise mean of state dicts with the same keys and shapes (computed in float64, stored in
-    each tensor's own dtype); integer tensors (counters) are taken from the first."""
+    each tensor's own dtype); integer tensors (counters) are taken from the first.
+
+    PyTorch's ``torch.optim.swa_utils.AveragedModel`` keeps a running mean of a live module during
+    training; here the inputs are finished checkpoints on disk, so plain state dicts suffice.
+    """
     if not states:
         raise ValueError("nothing to average")
     keys = list(states[0])
@@ -34,7 +38,8 @@ def average_weights(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torc
         first = states[0][key]
         for i, state in enumerate(states[1:], 2):
             if state[key].shape != first.shape:
-                raise ValueError(f"{key}: shape {tuple(state[key].shape)} in network {i}, {tuple(first.shape)} in network 1")
+                raise ValueError(f"{key}: shape {tuple(state[key].shape)} in network {i}, "
+                                 f"{tuple(first.shape)} in network 1")
         if first.is_floating_point():
             out[key] = (sum(s[key].double() for s in states) / len(states)).to(first.dtype)
         else:
@@ -59,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = loaded[0][0]
     for path, (other, _) in zip(args.inputs[1:], loaded[1:]):
         if other.model != spec.model:
-            p.error(f"{path}: a {other.model.arch} with {other.model.kwargs}, not the {spec.model.arch} of {args.inputs[0]}")
+            p.error(f"{path}: a {other.model.arch} with {other.model.kwargs}, "
+                    f"not the {spec.model.arch} of {args.inputs[0]}")
     try:
         state = average_weights([weights for _, weights in loaded])
     except ValueError as exc:

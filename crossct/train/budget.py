@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["StepPlan", "TimeAccount", "plan_steps", "PROBE_STEPS", "PROBE_SKIP"]
+__all__ = ["StepPlan", "TimeAccount", "plan_steps", "replan_steps", "PROBE_STEPS", "PROBE_SKIP"]
 
 # Steps timed to measure throughput, after PROBE_SKIP steps that carry one-off costs (CUDA kernel
 # selection, allocator growth, the first batches of the loader's workers).
@@ -92,3 +92,21 @@ def plan_steps(step: int, seconds_left: float, seconds_per_step: float, seconds_
     total = step + more
     every = max(1, more // (validations + 1)) if validations else 0
     return total, every
+
+
+def replan_steps(step: int, total: int, seconds_left: float, seconds_per_step: float, seconds_per_validation: float,
+                 val_every: int) -> int:
+    """The total steps that fit ``seconds_left`` from ``step`` on, validating every ``val_every``
+    steps as before: the validations to pay for depend on the total, so it is planned twice, from
+    the current ``total`` and then from the first answer.
+
+    At step 100 with 100 s left, 0.25 s per step, 5 s per validation every 50 steps: 440 steps
+    would fit one validation, but hold six (+ the last), which leave 100 - 5 - 35 = 60 s: 240 more.
+
+    >>> replan_steps(100, 200, 100.0, 0.25, 5.0, 50)
+    340
+    """
+    for _ in range(2):
+        validations = max(0, (total - 1 - step) // val_every)
+        total, _ = plan_steps(step, seconds_left, seconds_per_step, seconds_per_validation, validations)
+    return total

@@ -33,7 +33,7 @@ import torch
 from ..config import (RESUNET_PAPER, SWIN_UNETR_PAPER, UNET_PAPER, UNETR_PAPER, ModelSpec, PostprocessConfig,
                       fixed_input_size, spec_for_crop)
 from ..nets import FULLY_CONVOLUTIONAL, build_network, with_probabilities
-from .budget import PROBE_SKIP, PROBE_STEPS, StepPlan, TimeAccount, plan_steps
+from .budget import PROBE_SKIP, PROBE_STEPS, StepPlan, TimeAccount, plan_steps, replan_steps
 from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .losses import CrossTeachingLoss, SupervisedLoss, consistency_weight
@@ -708,11 +708,8 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
                     # end nor leaves budget unused.  The validation interval stays.
                     seconds_per_step = (_train_seconds(account) - plan_mark[1]) / (step - plan_mark[0])
                     seconds_per_val = time.perf_counter() - t0 if dist.main else seconds_per_val
-                    total = plan.total
-                    for _ in range(2):  # the validations to pay for depend on the total
-                        validations = max(0, (total - 1 - step) // cfg.val_every)
-                        total, _ = plan_steps(step, budget - account.elapsed, seconds_per_step, seconds_per_val,
-                                              validations)
+                    total = replan_steps(step, plan.total, budget - account.elapsed, seconds_per_step,
+                                         seconds_per_val, cfg.val_every)
                     total = int(dist.from_main([total])[0])
                     if abs(total - plan.total) > 0.02 * plan.total and total > step:
                         logger.info("time budget: %.2f s/step since step %d -> %d steps instead of %d",
