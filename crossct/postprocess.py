@@ -20,9 +20,13 @@ import numpy as np
 from .config import PostprocessConfig
 
 __all__ = ["postprocess", "flood", "watershed_labels", "threshold_labels", "remove_small", "relabel_sequential",
-           "remove_small_and_relabel"]
+           "remove_small_and_relabel", "remove_relatively_small"]
 
 BACKGROUND, INTERIOR, BOUNDARY, CELL_DISTANCE, NEIGHBOR_DISTANCE = range(5)
+# Below this many objects their median area says little about the cells' size (a sparse field of
+# mixed cells): the relative size filter leaves such images alone.  Neutral on val (0.8573 with
+# or without; 16 would cost 0.002), where 7 of 95 images have fewer objects.
+MIN_OBJECTS_FOR_MEDIAN = 8
 
 
 def _present(labels: np.ndarray) -> np.ndarray:
@@ -158,11 +162,27 @@ def watershed_labels(outputs: np.ndarray, config: PostprocessConfig = Postproces
     labels = flood(-cell, seeds, mask) if seeds.any() else np.zeros(cell.shape, np.int32)
 
     # Foreground islands the flooding could not reach (no seed of their own) become cells; the
-    # size filter below drops the small ones.
+    # size filters below drop the small ones.
     orphans, n_orphans = _label4(mask & (labels == 0))
     if n_orphans:
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    return remove_small_and_relabel(labels, config.min_size)
+    labels = remove_small_and_relabel(labels, config.min_size)
+    return remove_relatively_small(labels, config.min_relative_size)
+
+
+def remove_relatively_small(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """Drop objects smaller than ``fraction`` of the median object area and renumber 1..N.
+
+    ``labels`` must be sequential (1..N, as :func:`remove_small_and_relabel` returns them).  The
+    median is this image's (or this block's): the filter follows the cells' scale, so the same
+    fraction removes 5-pixel specks among small nuclei and 300-pixel fragments of large cells.
+    Fewer than :data:`MIN_OBJECTS_FOR_MEDIAN` objects are kept as they are.
+    """
+    if fraction <= 0 or labels.max() < MIN_OBJECTS_FOR_MEDIAN:
+        return labels
+    areas = np.bincount(labels.ravel())
+    keep = areas >= fraction * np.median(areas[1:])
+    return _renumber(keep, labels)
 
 
 def postprocess(outputs: np.ndarray, config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:

@@ -30,7 +30,8 @@ def test_defaults_are_the_weights_own(shipped):
     post, tiling = shipped.spec.postprocess, shipped.spec.tiling
     assert values == {"method": post.method, "seed_threshold": post.seed_threshold,
                       "mask_threshold": post.mask_threshold, "interior_threshold": post.interior_threshold,
-                      "min_size": post.min_size, "overlap": tiling.overlap, "tta": shipped.spec.test_time.flips,
+                      "min_size": post.min_size, "min_relative_size": post.min_relative_size,
+                      "overlap": tiling.overlap, "tta": shipped.spec.test_time.flips,
                       "auto_size": shipped.spec.size.auto, "diameter": shipped.spec.size.diameter}
     assert values["seed_threshold"] != ModelSpec().postprocess.seed_threshold  # tuned, not the class default
 

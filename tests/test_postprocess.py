@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import iou, outputs_from_labels, two_touching_disks
+from conftest import iou, outputs_from_labels, squares, two_touching_disks
 
 from crossct.config import PostprocessConfig
 from crossct.postprocess import (
+    MIN_OBJECTS_FOR_MEDIAN,
     _gaussian,
     _label4,
     flood,
     postprocess,
     relabel_sequential,
+    remove_relatively_small,
     remove_small,
     remove_small_and_relabel,
     threshold_labels,
@@ -97,6 +99,37 @@ def test_orphans_without_seed_become_cells():
     assert len(np.unique(labels[5:25, 5:25])) == 1 and labels[10, 10] > 0
     assert labels[20, 45] > 0 and labels[20, 45] != labels[10, 10]
     assert (labels[5:25, 5:25] > 0).all()
+
+
+@pytest.mark.parametrize("scale", [1, 4])
+def test_relative_size_drops_fragments_at_any_cell_size(scale):
+    labels = relabel_sequential(squares(scale))
+    kept = remove_relatively_small(labels, 0.2)
+    assert kept.max() == 8 and np.array_equal(kept > 0, (labels > 0) & (labels <= 8))
+    assert np.array_equal(np.unique(kept), np.arange(9))
+    # At 0.15 the speck (0.16 of the median area) stays; 0 is off.
+    assert remove_relatively_small(labels, 0.15).max() == 9
+    assert remove_relatively_small(labels, 0.0) is labels
+    # An absolute minimum cannot do this at both scales: 20 px drops the speck at 1x, not at 4x (256 px).
+    assert remove_small_and_relabel(labels, 20).max() == (8 if scale == 1 else 9)
+
+
+def test_relative_size_leaves_sparse_fields_alone():
+    # Two large cells and a small true one: a median of three says nothing about fragments.
+    labels = np.zeros((60, 60), np.int32)
+    labels[2:22, 2:22], labels[30:50, 30:50], labels[5:9, 40:44] = 1, 2, 3
+    assert 3 < MIN_OBJECTS_FOR_MEDIAN
+    assert remove_relatively_small(labels, 0.5) is labels
+
+
+def test_watershed_min_relative_size():
+    outputs = outputs_from_labels(squares(2))
+    plain = watershed_labels(outputs, PostprocessConfig(min_size=8))
+    assert plain.max() == 9
+    filtered = watershed_labels(outputs, PostprocessConfig(min_size=8, min_relative_size=0.25))
+    assert filtered.max() == 8 and (filtered[2 * 8:2 * 12, 2 * 60:2 * 64] == 0).all()
+    empty = watershed_labels(background(10, 10), PostprocessConfig(min_relative_size=0.5))
+    assert empty.max() == 0
 
 
 def test_all_seeds_too_small_still_gives_cells():

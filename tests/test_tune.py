@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from conftest import outputs_from_labels, two_touching_disks
+from conftest import outputs_from_labels, squares, two_touching_disks
 from crossct.config import PostprocessConfig
 from crossct.train.tune import score_outputs, tune_postprocess
 
@@ -20,3 +20,14 @@ def test_tuning_recovers_from_a_seed_threshold_the_outputs_never_reach():
     assert summary["mean"] == 1.0 and summary["source_mean"] == 1.0
     assert trace[0][0] == "start" and len(trace) > 5
     assert np.isfinite([t[2] for t in trace]).all()
+
+
+def test_tuning_finds_the_relative_size_that_drops_a_large_fragment():
+    predicted = squares(4)  # eight 40 x 40 cells and a 16 x 16 fragment the truth does not have
+    truth = np.where(predicted == predicted.max(), 0, predicted)
+    cached = [{"outputs": outputs_from_labels(predicted), "label": truth, "source": "synthetic", "name": "frag"}]
+    start = PostprocessConfig(min_size=8, min_relative_size=0.0)
+    assert score_outputs(cached, start)["mean"] == 16 / 17  # 8 of 8 found, 1 false positive
+    best, summary, _ = tune_postprocess(cached, start)
+    # 256 px is above every absolute minimum in the search space: only the relative one drops it.
+    assert best.min_relative_size >= 0.2 and summary["mean"] == 1.0

@@ -52,6 +52,10 @@ SETTINGS: tuple[Setting, ...] = (
             maximum=1.0, step=0.05, tooltip="P(interior) above this is cell", method="threshold"),
     Setting("min_size", "min cell area (px)", "postprocess.min_size", minimum=0, maximum=100_000, step=1,
             tooltip="smaller objects are removed"),
+    Setting("min_relative_size", "min cell area (x median)", "postprocess.min_relative_size", minimum=0.0,
+            maximum=0.95, step=0.05, tooltip="objects smaller than this fraction of the image's median cell area are "
+                                             "removed: fragments of cells at any cell size (0: off)",
+            method="watershed"),
     Setting("overlap", "tile overlap", "tiling.overlap", minimum=0.0, maximum=0.75, step=0.05,
             tooltip="fraction of each 256-px tile shared with its neighbours (more: smoother, slower)"),
     Setting("tta", "flip averaging", "test_time.flips",

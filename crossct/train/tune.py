@@ -31,6 +31,7 @@ SEARCH_SPACE: dict[str, list[Any]] = {
     "smooth_sigma": [0.0, 1.0, 2.0, 3.0],
     "min_seed_size": [1, 3, 8, 16],
     "min_size": [8, 16, 32],
+    "min_relative_size": [0.0, 0.1, 0.15, 0.2, 0.25, 0.3],
 }
 
 
