@@ -108,7 +108,7 @@ class PostprocessConfig(Checked):
     min_seed_size: int = setting(3, ge=0)
     min_size: int = setting(16, ge=0)  # objects smaller than this (pixels) are removed
     # Objects smaller than this fraction of the median object area are removed (0 = off): scale-free,
-    # it drops the fragments cut off cells (protrusions, textured nuclei) at any cell size.
+    # it drops fragments and specks at any cell size.
     min_relative_size: float = setting(0.0, ge=0, lt=1)
     interior_threshold: float = setting(0.5, ge=0, lt=1)
 

@@ -63,11 +63,18 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     return out
 
 
-def remove_small_and_relabel(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """:func:`remove_small` then :func:`relabel_sequential` in one lookup (labels >= 0)."""
+def remove_small_and_relabel(labels: np.ndarray, min_size: int, min_fraction: float = 0.0) -> np.ndarray:
+    """:func:`remove_small` then :func:`relabel_sequential` in one lookup (labels >= 0); with
+    ``min_fraction``, objects under that fraction of the remaining objects' median area go too (see
+    :func:`remove_relatively_small`)."""
     if labels.max() == 0:
         return np.zeros(labels.shape, np.int32)
-    return _renumber(np.bincount(labels.ravel()) >= max(min_size, 1), labels)
+    areas = np.bincount(labels.ravel())
+    keep = areas >= max(min_size, 1)
+    keep[0] = False
+    if min_fraction > 0 and keep.sum() >= MIN_OBJECTS_FOR_MEDIAN:
+        keep &= areas >= min_fraction * np.median(areas[keep])
+    return _renumber(keep, labels)
 
 
 def _label4(binary: np.ndarray) -> tuple[np.ndarray, int]:
@@ -166,23 +173,19 @@ def watershed_labels(outputs: np.ndarray, config: PostprocessConfig = Postproces
     orphans, n_orphans = _label4(mask & (labels == 0))
     if n_orphans:
         labels = np.where(orphans > 0, orphans + labels.max(), labels)
-    labels = remove_small_and_relabel(labels, config.min_size)
-    return remove_relatively_small(labels, config.min_relative_size)
+    return remove_small_and_relabel(labels, config.min_size, config.min_relative_size)
 
 
 def remove_relatively_small(labels: np.ndarray, fraction: float) -> np.ndarray:
     """Drop objects smaller than ``fraction`` of the median object area and renumber 1..N.
 
-    ``labels`` must be sequential (1..N, as :func:`remove_small_and_relabel` returns them).  The
-    median is this image's (or this block's): the filter follows the cells' scale, so the same
+    The median is this image's (or this block's): the filter follows the cells' scale, so the same
     fraction removes 5-pixel specks among small nuclei and 300-pixel fragments of large cells.
-    Fewer than :data:`MIN_OBJECTS_FOR_MEDIAN` objects are kept as they are.
+    Fewer than :data:`MIN_OBJECTS_FOR_MEDIAN` objects are returned as they are (not renumbered).
     """
-    if fraction <= 0 or labels.max() < MIN_OBJECTS_FOR_MEDIAN:
+    if fraction <= 0 or np.count_nonzero(np.bincount(labels.ravel())[1:]) < MIN_OBJECTS_FOR_MEDIAN:
         return labels
-    areas = np.bincount(labels.ravel())
-    keep = areas >= fraction * np.median(areas[1:])
-    return _renumber(keep, labels)
+    return remove_small_and_relabel(labels, 1, fraction)
 
 
 def postprocess(outputs: np.ndarray, config: PostprocessConfig = PostprocessConfig()) -> np.ndarray:
