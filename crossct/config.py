@@ -106,7 +106,7 @@ class PostprocessConfig(Checked):
     mask_threshold: float = setting(0.5, ge=0, lt=1)
     smooth_sigma: float = setting(1.0, ge=0, le=16)  # Gaussian on the cell-distance map before seeding (0 = off)
     min_seed_size: int = setting(3, ge=0)
-    min_size: int = setting(16, ge=0)  # objects smaller than this (pixels) are removed
+    min_size: int = setting(16, ge=0)  # smaller objects are removed (pixels of the input image, at every scale)
     # Objects smaller than this fraction of the median object area are removed (0 = off): scale-free,
     # it drops fragments and specks at any cell size.
     min_relative_size: float = setting(0.0, ge=0, lt=1)

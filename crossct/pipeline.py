@@ -19,7 +19,7 @@ import numpy as np
 from . import blocks
 from .block_plan import needs_blocks
 from .config import ModelSpec, SizeConfig
-from .postprocess import postprocess
+from .postprocess import postprocess, remove_small_and_relabel
 from .predictors import Predictor
 from .size import median_diameter, resize_image, resize_labels
 from .tta import with_test_time
@@ -112,7 +112,7 @@ def _labels_at(image: np.ndarray, factor: float, predictor: Predictor, spec: Mod
     """(labels at the image's size, median cell diameter in the image's pixels) of a segmentation
     of the image rescaled by ``factor``."""
     scaled = _at_scale(image, factor, predictor, spec, timings, keep_scale=True)()
-    return resize_labels(scaled, image.shape[:2]) if factor != 1.0 else scaled, median_diameter(scaled) / factor
+    return _to_image_scale(scaled, image, factor, spec), median_diameter(scaled) / factor
 
 
 def _diameter_at(image: np.ndarray, factor: float, predictor: Predictor, spec: ModelSpec, timings: Timings) -> float:
@@ -126,7 +126,19 @@ def _at_scale(image: np.ndarray, factor: float, predictor: Predictor, spec: Mode
     if factor == 1.0:
         return _segment_stages(image, predictor, spec, timings)
     finish = _segment_stages(resize_image(image, factor), predictor, spec, timings)
-    return finish if keep_scale else (lambda: resize_labels(finish(), image.shape[:2]))
+    return finish if keep_scale else (lambda: _to_image_scale(finish(), image, factor, spec))
+
+
+def _to_image_scale(scaled: np.ndarray, image: np.ndarray, factor: float, spec: ModelSpec) -> np.ndarray:
+    """Labels segmented at ``factor`` x the image's scale, back at the image's size.  An enlarged
+    image's cells are ``factor**2`` times larger where ``min_size`` was applied: it is applied again
+    here so that it means pixels of the user's image at every scale."""
+    if factor == 1.0:
+        return scaled
+    labels = resize_labels(scaled, image.shape[:2])
+    if factor > 1.0 and spec.postprocess.min_size > 1:
+        labels = remove_small_and_relabel(labels, spec.postprocess.min_size)
+    return labels
 
 
 def _capped(factor: float, image: np.ndarray) -> float:

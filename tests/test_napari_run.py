@@ -121,10 +121,11 @@ def test_large_image_takes_the_block_path(shipped, monkeypatch):
 
     image = synthetic_cells(600, 700, seed=4)[0]
     calls = []
-    outcome = run.run_segmentation(image, False, "big", None, default_values(small_blocks.spec),
+    values = {**default_values(small_blocks.spec), "auto_size": False}  # one pass, at the image's own scale
+    outcome = run.run_segmentation(image, False, "big", None, values,
                                    on_progress=lambda done, total: calls.append((done, total)))
     assert outcome.status == "done" and used == [1]
-    np.testing.assert_array_equal(outcome.labels, segment(image, shipped, small_blocks.spec))
+    np.testing.assert_array_equal(outcome.labels, segment(image, shipped, apply_settings(small_blocks.spec, values)[0]))
     assert calls[-1][0] == calls[-1][1] == tile_count(image.shape, small_blocks.spec)
 
 

@@ -129,6 +129,21 @@ def test_small_cells_are_segmented_again_enlarged(passes):
     assert passes[:2] == [(60, 60), (120, 120)] and passes[2] == (480, 480)  # 30 / 6 = 5, capped at 4
 
 
+def test_min_size_is_in_the_images_pixels_at_every_scale(passes):
+    """Enlarged 4x, a 13-px speck is 200 px where the watershed's min_size (40) applies: it is
+    removed again at the image's size, as at the image's own scale."""
+    image, truth = disks((120, 120), 5, [(20, 20), (20, 60), (60, 40), (90, 90)])  # 10 px across, 81 px
+    speck_image, speck = disks((120, 120), 2, [(95, 30)])  # 4 px across, 13 px
+    image, truth = np.maximum(image, speck_image), np.where(speck > 0, 5, truth)
+    spec = _spec(diameter=7.5)  # zoom 30 / 7.5 = 4
+    spec = spec.replace(postprocess=dataclasses.replace(spec.postprocess, min_size=40))
+    for run in (spec, spec.replace(size=SizeConfig())):
+        labels = segment(image, PointwiseNet(run))
+        assert labels.max() == 4 and labels[95, 30] == 0
+        assert min(_matched(labels, np.where(truth == 5, 0, truth))) > 0.5
+    assert passes == [(480, 480), (120, 120)]
+
+
 def test_enlarging_is_capped_by_the_pixel_limit(passes, monkeypatch):
     monkeypatch.setattr(pipeline, "MAX_ZOOMED_PIXELS", 4 * 100 * 100)
     image, _ = disks((100, 100), 3, [(30, 30), (70, 70)])  # 6 px cells: zoom 4 wanted

@@ -86,7 +86,7 @@ def tune_postprocess(cached: list[dict[str, Any]], start, passes: int = 2,
 
 SIZE_GRID: dict[str, list[Any]] = {
     "reference_diameter": [24.0, 30.0, 36.0],
-    "window": [(16.0, 60.0), (20.0, 60.0), (20.0, 45.0), (12.0, 80.0)],
+    "window": [(16.0, 60.0), (20.0, 60.0), (20.0, 45.0), (28.0, 45.0), (12.0, 80.0)],
 }
 
 
