@@ -49,7 +49,7 @@ def segment(image: np.ndarray, predictor: Predictor, spec: ModelSpec | None = No
     Returns
     -------
     (H, W) int32 instance labels, 0 background, 1..N cells (uint32 for images segmented block by
-    block, see :mod:`crossct.blocks`).
+    block at their own scale or reduced, see :mod:`crossct.blocks`).
     """
     return segment_stages(image, predictor, spec, timings)()
 
