@@ -130,7 +130,7 @@ def test_small_cells_are_segmented_again_enlarged(passes):
 
 
 def test_min_size_is_in_the_images_pixels_at_every_scale(passes):
-    """Enlarged 4x, a 13-px speck is 200 px where the watershed's min_size (40) applies: it is
+    """Enlarged 4x, a 13-px speck is 208 px where the watershed's min_size (40) applies: it is
     removed again at the image's size, as at the image's own scale."""
     image, truth = disks((120, 120), 5, [(20, 20), (20, 60), (60, 40), (90, 90)])  # 10 px across, 81 px
     speck_image, speck = disks((120, 120), 2, [(95, 30)])  # 4 px across, 13 px
