@@ -29,6 +29,13 @@ def temporaries(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if ".tmp-" in p.name)
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:  # renamed into place meanwhile
+        return 0
+
+
 def hold_a_write(path: Path, release: Path) -> subprocess.Popen:
     """A child process in the middle of ``write_atomically(path)``: it waits for ``release`` to exist."""
     code = textwrap.dedent(f"""
@@ -47,7 +54,9 @@ def hold_a_write(path: Path, release: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env)
     deadline = time.monotonic() + 60
-    while not temporaries(path.parent):
+    # Bytes in the temporary: the writer holds its lock (it locks before writing; a temporary that
+    # merely exists may be in the created-not-yet-locked window, which another test covers).
+    while not any(_size(t) for t in temporaries(path.parent)):
         assert proc.poll() is None and time.monotonic() < deadline, "the writer did not start"
         time.sleep(0.01)
     return proc
