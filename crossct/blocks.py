@@ -25,7 +25,7 @@ from .normalize import channel_bounds, normalize_image
 from .parallel import ordered_map
 from .postprocess import postprocess
 from .predictors import Predictor, available_cpus
-from .tiling import PredictBatch, TileBlender, pad_to_tile, tile_starts, transposed_predict
+from .tiling import PredictBatch, TileBlender, announce_tiles, pad_to_tile, tile_starts, tile_total, transposed_predict
 from .whole_image import Timings, tiling_for
 
 __all__ = ["needs_blocks", "block_grid", "segment_blocks"]
@@ -97,6 +97,7 @@ def segment_blocks(image: np.ndarray, predictor: Predictor, spec: ModelSpec | No
     view, label_view = (image.transpose(1, 0, 2), labels.T) if transposed else (image, labels)
     predict = transposed_predict(predictor.predict) if transposed else predictor.predict
     margin = spec.tiling.block_margin
+    announce_tiles(predictor, tile_total(height, width, spec.tiling))
     stream = _OutputStream(view, bounds, spec, predict, tiling_for(predictor, spec.tiling),
                            span=spec.tiling.block_size + 2 * margin,
                            concurrency=getattr(predictor, "concurrent_calls", 1), timings=timings)

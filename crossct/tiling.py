@@ -15,7 +15,7 @@ import numpy as np
 from .config import TilingConfig
 from .parallel import ordered_map
 
-__all__ = ["tile_starts", "tile_grid", "blending_window", "sliding_window", "pad_to_tile", "weighted_tile_outputs",
+__all__ = ["tile_starts", "tile_grid", "tile_total", "announce_tiles", "blending_window", "sliding_window", "pad_to_tile", "weighted_tile_outputs",
            "transposed_predict", "TileBlender", "PredictBatch"]
 
 # (B, C, t, t) float32 -> (B, K, t, t) float32
@@ -38,6 +38,21 @@ def tile_starts(length: int, tile: int, stride: int) -> list[int]:
 def tile_grid(height: int, width: int, tile: int, stride: int) -> list[tuple[int, int]]:
     """(y, x) of every tile covering an image of (at least tile x tile) size."""
     return [(y, x) for y in tile_starts(height, tile, stride) for x in tile_starts(width, tile, stride)]
+
+
+def tile_total(height: int, width: int, config: TilingConfig) -> int:
+    """How many tiles :func:`sliding_window` runs over an image of ``height`` x ``width`` (padded to a tile)."""
+    tile, stride = config.tile_size, config.stride
+    return len(tile_starts(max(height, tile), tile, stride)) * len(tile_starts(max(width, tile), tile, stride))
+
+
+def announce_tiles(predictor, tiles: int) -> None:
+    """Tell ``predictor`` that a pass of ``tiles`` network tiles starts, if it keeps count
+    (``expect_tiles``: progress bars; the automatic cell size and flips make passes that no
+    count from the image's size alone foresees)."""
+    expect = getattr(predictor, "expect_tiles", None)
+    if callable(expect):
+        expect(tiles)
 
 
 @lru_cache(maxsize=8)

@@ -37,6 +37,12 @@ class FlipAveraging:
     def __getattr__(self, name: str) -> Any:  # spec, on_gpu, concurrent_calls, ... of the inner predictor
         return getattr(self.inner, name)
 
+    def expect_tiles(self, tiles: int) -> None:
+        """A pass of ``tiles`` tiles is ``len(_VIEWS)`` times as many for the inner predictor."""
+        expect = getattr(self.inner, "expect_tiles", None)
+        if callable(expect):
+            expect(tiles * len(_VIEWS))
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(B, C, H, W) float32 -> (B, 5, H, W) float32, the mean over the 4 flipped views."""
         n = batch.shape[0]

@@ -15,7 +15,7 @@ import numpy as np
 from .config import ModelSpec, TilingConfig
 from .normalize import normalize_image
 from .predictors import Predictor
-from .tiling import sliding_window
+from .tiling import announce_tiles, sliding_window, tile_total
 
 __all__ = ["predict_outputs", "tiling_for", "Timings"]
 
@@ -46,6 +46,7 @@ def predict_outputs(image: np.ndarray, predictor: Predictor, spec: ModelSpec | N
     x = normalize_image(image, spec.normalize, channels_first=True)
     t1 = time.perf_counter()
     tiling = tiling_for(predictor, spec.tiling)
+    announce_tiles(predictor, tile_total(x.shape[1], x.shape[2], tiling))
     outputs = sliding_window(x, predictor.predict, tiling, out_channels=len(spec.output_channels),
                              concurrency=getattr(predictor, "concurrent_calls", 1))
     timings.normalize += t1 - t0

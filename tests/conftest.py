@@ -159,6 +159,20 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 # --------------------------------------------------------------------------- subprocess
 
 
+class CountingPredictor:
+    """A predictor that counts the tiles its network really runs (``tiles``)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.tiles = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict(self, batch):
+        self.tiles += len(batch)
+        return self.inner.predict(batch)
+
+
 def run_python(args: list[str], timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
     """Run ``python ARGS`` in the repository with it on the path; text output captured."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8"}

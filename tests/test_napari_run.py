@@ -7,14 +7,15 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import CountingPredictor
 
 from crossct.config import ModelSpec
 from crossct.demo import demo_image
-from crossct.napari.run import (ProgressPredictor, SegmentationCancelled, layer_image, run_segmentation,
-                                tile_count)
+from crossct.napari.run import ProgressPredictor, SegmentationCancelled, layer_image, run_segmentation
 from crossct.napari.settings import SEGMENT, SETTINGS, Setting, apply_settings, default_values
 from crossct.pipeline import segment
 from crossct.predictors import load_predictor
+from crossct.tiling import tile_total
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +82,39 @@ def test_layer_image_accepts_planes_and_refuses_stacks():
 # --------------------------------------------------------------------------- runs
 
 
-def test_same_labels_as_segment_with_progress(shipped):
-    image = demo_image("synthetic_nuclei")
+def _progress_run(shipped, monkeypatch, image, values):
+    import crossct.napari.run as run
+
+    counter = CountingPredictor(shipped)
+    monkeypatch.setattr(run, "cached_predictor", lambda weights: counter)
     calls = []
-    outcome = run_segmentation(image, False, "nuclei", None, default_values(shipped.spec),
-                               on_progress=lambda done, total: calls.append((done, total)))
+    outcome = run.run_segmentation(image, False, "nuclei", None, values,
+                                   on_progress=lambda done, total: calls.append((done, total)))
     assert outcome.status == "done", outcome.message
+    assert all(done <= total for done, total in calls)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and [t for _, t in calls] == sorted(t for _, t in calls)
+    return outcome, calls, counter.tiles
+
+
+def test_same_labels_as_segment_with_progress(shipped, monkeypatch):
+    """With the automatic size the network runs a half-scale probe, the image's own grid and, for
+    these cells, an enlarged pass: the bar ends at the tiles really run, more than the image's grid."""
+    image = demo_image("synthetic_nuclei")
+    outcome, calls, tiles = _progress_run(shipped, monkeypatch, image, default_values(shipped.spec))
     np.testing.assert_array_equal(outcome.labels, segment(image, shipped))
-    total = tile_count(image.shape, shipped.spec)
-    assert total == 6  # 384 x 512 at tile 256, stride 192: 2 x 3 tiles
-    assert calls[-1] == (total, total) and all(t == total for _, t in calls)
-    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+    grid = tile_total(*image.shape[:2], shipped.spec.tiling)
+    assert grid == 6  # 384 x 512 at tile 256, stride 192: 2 x 3 tiles
+    assert tiles > grid + 1  # probe (1 tile) + own grid + the enlarged pass
+    assert calls[-1] == (tiles, tiles)
     assert outcome.message.startswith(f"nuclei: {outcome.labels.max()} cells in ")
+
+
+def test_progress_counts_every_flip(shipped, monkeypatch):
+    image = demo_image("synthetic_nuclei")
+    values = {**default_values(shipped.spec), "auto_size": False, "tta": True}
+    _, calls, tiles = _progress_run(shipped, monkeypatch, image, values)
+    assert tiles == 24 and calls[-1] == (24, 24)  # 6 tiles x 4 views
+    assert all(total == 24 for _, total in calls)  # announced before the first tile ran
 
 
 def test_settings_change_the_result(shipped):
@@ -126,7 +148,8 @@ def test_large_image_takes_the_block_path(shipped, monkeypatch):
                                    on_progress=lambda done, total: calls.append((done, total)))
     assert outcome.status == "done" and used == [1]
     np.testing.assert_array_equal(outcome.labels, segment(image, shipped, apply_settings(small_blocks.spec, values)[0]))
-    assert calls[-1][0] == calls[-1][1] == tile_count(image.shape, small_blocks.spec)
+    grid = tile_total(*image.shape[:2], tiling)
+    assert calls[-1] == (grid, grid) and all(total == grid for _, total in calls)
 
 
 def test_cancel_stops_between_tiles(shipped):
@@ -141,7 +164,7 @@ def test_cancel_stops_between_tiles(shipped):
     outcome = run_segmentation(image, False, "nuclei", None, default_values(shipped.spec), progress, cancel)
     assert outcome.status == "cancelled" and outcome.labels is None
     assert "segmentation of 'nuclei' cancelled" in outcome.message
-    assert max(calls) < tile_count(image.shape, shipped.spec)
+    assert max(calls) < tile_total(*image.shape[:2], shipped.spec.tiling)
     with pytest.raises(SegmentationCancelled):
         ProgressPredictor(shipped, cancel=cancel).predict(np.zeros((1, 3, 256, 256), np.float32))
 

@@ -3,8 +3,8 @@
 :func:`run_segmentation` never raises for the failures a user can cause (a layer that is not a
 2-D image, weights that do not load, settings out of range, not enough memory): it returns an
 :class:`Outcome` whose message the widget shows as a napari notification.  Progress is counted in
-network tiles through a wrapper around the predictor, which is also where a cancel request stops
-the run (between two batches of tiles).  The image goes through :func:`crossct.pipeline.segment`,
+network tiles (done of announced, see :class:`ProgressPredictor`) through a wrapper around the
+predictor, which is also where a cancel request stops the run (between two batches of tiles).  The image goes through :func:`crossct.pipeline.segment`,
 so large images take the CLI's bounded-memory block path.
 """
 
@@ -22,10 +22,9 @@ import numpy as np
 
 from ..config import ModelSpec
 from ..predictors import WeightsError, load_predictor, resolve_weights
-from ..tiling import tile_starts
-from .settings import apply_settings, segment_with_settings
+from .settings import segment_with_settings
 
-__all__ = ["SegmentationCancelled", "ProgressPredictor", "Outcome", "layer_image", "tile_count",
+__all__ = ["SegmentationCancelled", "ProgressPredictor", "Outcome", "layer_image",
            "cached_predictor", "run_segmentation", "weights_spec"]
 
 
@@ -34,22 +33,31 @@ class SegmentationCancelled(Exception):
 
 
 class ProgressPredictor:
-    """A predictor that reports how many tiles have run and stops when ``cancel`` is set.
+    """A predictor that reports tiles done of tiles announced, and stops when ``cancel`` is set.
 
-    Everything else (``spec``, ``on_gpu``, ``concurrent_calls``, ...) is the wrapped predictor's.
-    ``predict`` may be called from several threads at once (see ``concurrent_calls``).
+    The pipeline announces each pass's tiles before running it (:func:`crossct.tiling.announce_tiles`):
+    the automatic cell size's probe and rescaled passes, flips (4 views per tile), a whole slide's
+    grid.  ``on_tiles(done, expected)`` follows both counts, so a second pass shows as more work
+    rather than a bar held at 100 %.  Everything else (``spec``, ``on_gpu``, ``concurrent_calls``,
+    ...) is the wrapped predictor's.  ``predict`` may be called from several threads at once.
     """
 
-    def __init__(self, predictor, on_tiles: Callable[[int], None] | None = None,
+    def __init__(self, predictor, on_tiles: Callable[[int, int], None] | None = None,
                  cancel: threading.Event | None = None) -> None:
         self._predictor = predictor
         self._on_tiles = on_tiles
         self._cancel = cancel
         self._lock = threading.Lock()
         self.tiles_done = 0
+        self.tiles_expected = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._predictor, name)
+
+    def expect_tiles(self, tiles: int) -> None:
+        with self._lock:
+            self.tiles_expected += tiles
+        self._report()
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         if self._cancel is not None and self._cancel.is_set():
@@ -57,17 +65,15 @@ class ProgressPredictor:
         outputs = self._predictor.predict(batch)
         with self._lock:
             self.tiles_done += len(batch)
-            done = self.tiles_done
-        if self._on_tiles is not None:
-            self._on_tiles(done)
+        self._report()
         return outputs
 
-
-def tile_count(shape: tuple[int, ...], spec: ModelSpec) -> int:
-    """Network tiles for an image of ``shape`` (H, W, ...): the whole-image grid, which the
-    block path for large images runs too (each tile once)."""
-    tile, stride = spec.tiling.tile_size, spec.tiling.stride
-    return len(tile_starts(max(shape[0], tile), tile, stride)) * len(tile_starts(max(shape[1], tile), tile, stride))
+    def _report(self) -> None:
+        with self._lock:
+            done, expected = self.tiles_done, self.tiles_expected
+        if self._on_tiles is not None:
+            # Tiles run without an announcement (a caller of its own) still count as done.
+            self._on_tiles(done, max(done, expected))
 
 
 def layer_image(data: Any, rgb: bool, name: str) -> np.ndarray:
@@ -130,9 +136,7 @@ def run_segmentation(data: Any, rgb: bool, name: str, weights: str | os.PathLike
     try:
         image = layer_image(data, rgb, name)
         predictor = cached_predictor(weights)
-        total = tile_count(image.shape, apply_settings(predictor.spec, values)[0])
-        report = (lambda done: on_progress(min(done, total), total)) if on_progress else None
-        labels = segment_with_settings(image, ProgressPredictor(predictor, report, cancel), values)
+        labels = segment_with_settings(image, ProgressPredictor(predictor, on_progress, cancel), values)
     except SegmentationCancelled:
         return Outcome("cancelled", f"CrossCT: segmentation of {name!r} cancelled", settings=dict(values))
     except (WeightsError, ValueError, MemoryError) as exc:
