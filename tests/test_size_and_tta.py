@@ -98,6 +98,22 @@ def test_zoom_factor_brings_cells_to_the_reference_within_limits(diameter, expec
     assert zoom_factor(diameter, SizeConfig(reference_diameter=30.0, max_zoom=4.0)) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("diameter, expected", [(5.0, 2.0), (12.0, 2.0), (20.0, 1.5), (120.0, 0.25)])
+def test_enlarging_is_limited_by_max_enlarge_not_reducing(diameter, expected):
+    size = SizeConfig(reference_diameter=30.0, max_zoom=4.0, max_enlarge=2.0)
+    assert zoom_factor(diameter, size) == pytest.approx(expected)
+
+
+def test_weights_without_max_enlarge_keep_enlarging_up_to_max_zoom():
+    """model.json files written before the setting existed mean what they meant: up to max_zoom."""
+    from crossct.config import ModelSpec
+
+    data = ModelSpec().to_dict()
+    del data["size"]["max_enlarge"]
+    size = ModelSpec.from_dict(data).size
+    assert size.max_enlarge == 4.0 and zoom_factor(5.0, size) == pytest.approx(4.0)
+
+
 def test_large_cells_are_segmented_again_at_a_smaller_scale(passes):
     image, truth = disks((400, 400), 60, [(100, 100), (100, 290), (290, 200)])  # 120 px across
     labels = segment(image, PointwiseNet(_spec(auto=True)))
@@ -202,3 +218,4 @@ def test_cli_options_override_the_weights_settings(tmp_path, tiny_weights, caplo
     (image_dir / "a.png").write_bytes(b"")
     code = cli.main(["-i", str(image_dir), "-o", str(tmp_path / "out"), "-w", str(tiny_weights), "--diameter", "-3"])
     assert code == 2 and "--diameter '-3': give a cell diameter in pixels" in caplog.text
+
