@@ -152,8 +152,10 @@ def _capped(factor: float, image: np.ndarray) -> float:
 
 def zoom_factor(diameter: float, size: SizeConfig) -> float:
     """The rescaling that brings cells of ``diameter`` px to ``size.reference_diameter``, within
-    ``[1 / max_zoom, min(max_zoom, max_enlarge)]``; 1 when that is within 5 % of 1 (not worth a resampling)."""
-    factor = float(np.clip(size.reference_diameter / diameter, 1.0 / size.max_zoom, min(size.max_zoom, size.max_enlarge)))
+    ``[1 / max_zoom, min(max_zoom, max_enlarge)]``; 1 when that is within 5 % of 1 (not worth a
+    resampling)."""
+    largest = min(size.max_zoom, size.max_enlarge)
+    factor = float(np.clip(size.reference_diameter / diameter, 1.0 / size.max_zoom, largest))
     return 1.0 if abs(factor - 1.0) < 0.05 else factor
 
 

@@ -15,8 +15,8 @@ import numpy as np
 from .config import TilingConfig
 from .parallel import ordered_map
 
-__all__ = ["tile_starts", "tile_grid", "tile_total", "announce_tiles", "blending_window", "sliding_window", "pad_to_tile", "weighted_tile_outputs",
-           "transposed_predict", "TileBlender", "PredictBatch"]
+__all__ = ["tile_starts", "tile_grid", "tile_total", "announce_tiles", "blending_window", "sliding_window",
+           "pad_to_tile", "weighted_tile_outputs", "transposed_predict", "TileBlender", "PredictBatch"]
 
 # (B, C, t, t) float32 -> (B, K, t, t) float32
 PredictBatch = Callable[[np.ndarray], np.ndarray]

@@ -4,8 +4,9 @@
 2-D image, weights that do not load, settings out of range, not enough memory): it returns an
 :class:`Outcome` whose message the widget shows as a napari notification.  Progress is counted in
 network tiles (done of announced, see :class:`ProgressPredictor`) through a wrapper around the
-predictor, which is also where a cancel request stops the run (between two batches of tiles).  The image goes through :func:`crossct.pipeline.segment`,
-so large images take the CLI's bounded-memory block path.
+predictor, which is also where a cancel request stops the run (between two batches of tiles).  The
+image goes through :func:`crossct.pipeline.segment`, so large images take the CLI's bounded-memory
+block path.
 """
 
 from __future__ import annotations

@@ -66,7 +66,8 @@ class SegmentCellsWidget(Container):
         self._settings = {s.name: _control(s, defaults[s.name]) for s in SETTINGS}
         self._run_button = PushButton(text="Segment")
         self._cancel_button = PushButton(text="Cancel", enabled=False)
-        self._progress = ProgressBar(value=0, min=0, max=1, tooltip="network tiles done, of those planned so far (a rescaled pass adds more)")
+        self._progress = ProgressBar(value=0, min=0, max=1,
+                                     tooltip="network tiles done, of those planned so far (a rescaled pass adds more)")
         self._status = Label(value="")
         self.extend([self._image, self._weights, *self._settings.values(),
                      Container(widgets=[self._run_button, self._cancel_button], layout="horizontal", labels=False),
