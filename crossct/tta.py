@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from .tiling import announce_tiles
+
 __all__ = ["FlipAveraging", "with_test_time"]
 
 # (flip rows, flip columns) of each view.
@@ -39,9 +41,7 @@ class FlipAveraging:
 
     def expect_tiles(self, tiles: int) -> None:
         """A pass of ``tiles`` tiles is ``len(_VIEWS)`` times as many for the inner predictor."""
-        expect = getattr(self.inner, "expect_tiles", None)
-        if callable(expect):
-            expect(tiles * len(_VIEWS))
+        announce_tiles(self.inner, tiles * len(_VIEWS))
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(B, C, H, W) float32 -> (B, 5, H, W) float32, the mean over the 4 flipped views."""

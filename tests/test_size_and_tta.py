@@ -218,4 +218,3 @@ def test_cli_options_override_the_weights_settings(tmp_path, tiny_weights, caplo
     (image_dir / "a.png").write_bytes(b"")
     code = cli.main(["-i", str(image_dir), "-o", str(tmp_path / "out"), "-w", str(tiny_weights), "--diameter", "-3"])
     assert code == 2 and "--diameter '-3': give a cell diameter in pixels" in caplog.text
-
