@@ -258,6 +258,45 @@ def test_photometric_jitter_changes_the_image_not_the_targets(pair, cache):
     assert 0 <= b["image"].min() and b["image"].max() <= 1
 
 
+def test_colour_jitter_scales_and_shifts_each_channel_of_colour_images_only():
+    from crossct.train.data import _photometric
+
+    colour_only = AugmentConfig(p_contrast=0, p_gamma=0, p_noise=0, p_blur=0, p_colour=1,
+                                colour_gain=(0.8, 1.25), colour_shift=0.05)
+    image = np.full((4, 4, 3), 0.5, np.float32)
+    out = _photometric(image, np.random.default_rng(0), colour_only)
+    rng = np.random.default_rng(0)
+    rng.random()  # the draw that decides whether to jitter
+    gain = np.exp(rng.uniform(np.log(0.8), np.log(1.25), 3))
+    expected = 0.5 * gain + rng.uniform(-0.05, 0.05, 3)
+    np.testing.assert_allclose(out[0, 0], expected, rtol=1e-6)
+    assert len(set(np.round(out[0, 0], 6))) == 3  # each channel its own gain: the colour changes
+    grey = np.full((4, 4, 1), 0.5, np.float32)
+    np.testing.assert_array_equal(_photometric(grey, np.random.default_rng(0), colour_only), grey)
+    # Off (the default), it draws nothing: runs trained before it keep their random stream.
+    assert AugmentConfig().p_colour == 0
+    default, plain_rng = AugmentConfig(), np.random.default_rng(1)
+    before = _photometric(image, np.random.default_rng(1), default)
+    assert np.array_equal(before, _photometric(image, plain_rng, default))
+    assert plain_rng.random() == _expected_next_draw(default)
+
+
+def _expected_next_draw(cfg: AugmentConfig) -> float:
+    """The next draw of a generator seeded 1 after the jitter without colour: 4 decisions, then
+    the draws of the steps they turned on (replayed here by hand)."""
+    rng = np.random.default_rng(1)
+    if rng.random() < cfg.p_contrast:
+        rng.uniform(*cfg.contrast), rng.uniform(*cfg.brightness)
+    if rng.random() < cfg.p_gamma:
+        rng.uniform(0, 1)
+    if rng.random() < cfg.p_blur:
+        rng.uniform(*cfg.blur_sigma)
+    if rng.random() < cfg.p_noise:
+        rng.uniform(0.0, cfg.noise_std)
+        rng.standard_normal((4, 4, 3), dtype=np.float32)
+    return rng.random()
+
+
 def test_items_are_reproducible_from_seed_epoch_and_index(pair, cache, tmp_path):
     record, labels = pair
     other_image, other_label = write_pair(tmp_path / "more", "other", asymmetric_labels((70, 50)))

@@ -69,6 +69,7 @@ class TrainConfig:
     zoom_max_diameter: float = _help("scale augmentation: upper end of that diameter range (px)", default=80.0)
     zoom_max: float = _help("scale augmentation: largest zoom in or out (factor)", default=4.0)
     p_zoom: float = _help("scale augmentation: probability that a crop is zoomed", default=0.5)
+    p_colour: float = _help("colour augmentation: probability that a colour crop gets a gain and shift per channel", default=0.0)
     source_alpha: float = _help("sampling weight per image ~ 1 / n_source**alpha (0: uniform over images, 1: uniform over sources)", default=0.5)
     num_workers: int = _help("processes preparing batches ahead of the network (-1: none on a CPU, up to 12 on a GPU)", default=-1)
     seed: int = _help("seed for weights, sampling and augmentation", default=0)

@@ -309,10 +309,13 @@ class AugmentConfig:
     ``zoom in [max(scale[0], diameter[0] / d), min(scale[1], diameter[1] / d)]`` (a cell size the
     data lacks is seen at every size the network has to handle: 8 px DSB nuclei zoomed in, 100 px
     Coelho nuclei zoomed out); then flips and 90-degree rotations (always, 8 orientations equally
-    likely).  Photometric, on the normalised [0, 1] image, the same for all
-    channels: contrast ``x -> mean + c (x - mean)`` and brightness ``+ b``; gamma; Gaussian noise of
-    standard deviation up to ``noise_std``; Gaussian blur with sigma in ``blur_sigma``.  The
-    result is clipped to [0, 1], the range the network sees at inference.
+    likely).  Photometric, on the normalised [0, 1] image: for colour images (three channels) with
+    probability ``p_colour`` a gain drawn log-uniformly in ``colour_gain`` and a shift in
+    +-``colour_shift`` per channel (stain and white-balance differences between labs that the
+    per-channel percentile normalisation leaves); then, the same for all channels: contrast
+    ``x -> mean + c (x - mean)`` and brightness ``+ b``; gamma; Gaussian noise of standard
+    deviation up to ``noise_std``; Gaussian blur with sigma in ``blur_sigma``.  The result is
+    clipped to [0, 1], the range the network sees at inference.
     """
 
     scale: tuple[float, float] = (0.25, 4.0)
@@ -327,13 +330,17 @@ class AugmentConfig:
     p_noise: float = 0.2
     blur_sigma: tuple[float, float] = (0.5, 1.5)
     p_blur: float = 0.2
+    # Off by default: drawing for it would change the random stream of every run trained before it.
+    colour_gain: tuple[float, float] = (0.8, 1.25)
+    colour_shift: float = 0.05
+    p_colour: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("scale", "diameter", "contrast", "gamma", "blur_sigma"):
+        for name in ("scale", "diameter", "contrast", "gamma", "blur_sigma", "colour_gain"):
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ValueError(f"{name} must be a range 0 < low <= high, got {(lo, hi)}")
-        for name in ("p_scale", "p_contrast", "p_gamma", "p_noise", "p_blur"):
+        for name in ("p_scale", "p_contrast", "p_gamma", "p_noise", "p_blur", "p_colour"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
 
@@ -398,6 +405,10 @@ def _finish(array: np.ndarray, k: int, flip: bool, dtype: type) -> np.ndarray:
 def _photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
     """Intensity jitter of a float32 (h, w, c) image in [0, 1]; returns a new array."""
     out = image.astype(np.float32, copy=True)
+    if cfg.p_colour > 0 and out.shape[-1] == 3 and rng.random() < cfg.p_colour:
+        low, high = np.log(cfg.colour_gain)
+        gain = np.exp(rng.uniform(low, high, 3)).astype(np.float32)
+        out = out * gain + rng.uniform(-cfg.colour_shift, cfg.colour_shift, 3).astype(np.float32)
     if rng.random() < cfg.p_contrast:
         mean = float(out.mean())
         c = rng.uniform(*cfg.contrast)

@@ -417,7 +417,7 @@ def _build_data(cfg: TrainConfig, dist: Distributed):
     train_records, val_records = split_records(cfg)
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "crossct" / "targets"
     augmentation = D.AugmentConfig(scale=(1.0 / cfg.zoom_max, cfg.zoom_max), p_scale=cfg.p_zoom,
-                                   diameter=(cfg.zoom_min_diameter, cfg.zoom_max_diameter))
+                                   diameter=(cfg.zoom_min_diameter, cfg.zoom_max_diameter), p_colour=cfg.p_colour)
     key = (tuple(train_records), str(cache_root), cfg.crop, cfg.seed, augmentation)
     labelled = _DATASETS.get(key)
     if labelled is None:
