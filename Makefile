@@ -5,7 +5,7 @@
 #   make image BASE_IMAGE=crossct-base:bookworm-py311     air-gapped: base from scripts/docker_base.sh
 #   make submission TEAM=name [SAMPLES=DIR]    challenge submission: GPU image name:latest -> name.tar.gz,
 #                                              checked with the organisers' own command line
-#   make gpu-pack [DATA=../shared/data]       training pack + MONAI wheel for a GPU host (scripts/gpu_recipe.sh)
+#   make gpu-pack [DATA=../shared/data]       training pack + MONAI and edt wheels for a GPU host (scripts/gpu_recipe.sh)
 #   make lock / make lock-gpu                  re-resolve requirements.lock / requirements-gpu.lock
 #   make test-container                        the end-to-end test (.ci/run runs it)
 #   make lint-docker                           hadolint
@@ -85,10 +85,14 @@ lint-docker:
 	hadolint Dockerfile
 
 # Everything a GPU host without the data or MONAI needs for scripts/gpu_recipe.sh: the training pack
-# (all of DATA in one file, under 44 MiB) and MONAI's wheel (pure Python). Travels with the checkout.
+# (all of DATA in one file, 41 MiB) and the wheels of MONAI and edt. Travels with the checkout.
 DATA ?= ../shared/data
+# The GPU host's Python, for edt's compiled wheel.
+GPU_PYTHON ?= 3.12
 gpu-pack:
 	mkdir -p gpu-pack
 	python -m crossct.train pack --data $(DATA) --out gpu-pack/crossct-data.pack
 	python -m pip download -q --no-deps monai==1.6.1 -d gpu-pack
+	python -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 edt==3.1.2 -d gpu-pack
 	@du -sh gpu-pack

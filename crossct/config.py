@@ -35,6 +35,7 @@ __all__ = [
     "RESUNET_PAPER",
     "UNETR_PAPER",
     "SWIN_UNETR_PAPER",
+    "SWIN_UNETR_LITE",
     "fixed_input_size",
     "spec_for_crop",
     "load_spec",
@@ -213,6 +214,9 @@ class SwinUNETRArguments(Checked):
     use_checkpoint: bool = False
     downsample: str = "merging"
     use_v2: bool = False
+    # Not MONAI's: the network sees its input average-pooled by this factor and its outputs are
+    # upsampled back (crossct.nets.PooledInput); 2 makes a step about 3x cheaper on a CPU.
+    input_pool: int = setting(1, ge=1, le=4)
 
 
 @dataclass(frozen=True)
@@ -297,6 +301,13 @@ UNETR_PAPER = ModelConfig(
 SWIN_UNETR_PAPER = ModelConfig(
     "swin_unetr",
     {"spatial_dims": 2, "in_channels": 3, "out_channels": 5, "feature_size": 24},
+)
+# The cross-teaching partner a 2-core CPU can afford (benchmarks/bench_partner.py): the same four
+# Swin stages (depths 2, 2, 2, 2) at half the width, one head per 12 channels, on a 2x pooled input.
+SWIN_UNETR_LITE = ModelConfig(
+    "swin_unetr",
+    {"spatial_dims": 2, "in_channels": 3, "out_channels": 5, "feature_size": 12, "num_heads": [1, 2, 4, 8],
+     "input_pool": 2},
 )
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")

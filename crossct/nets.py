@@ -25,7 +25,9 @@ The paper's networks (Table 4) and the MONAI classes that stand for them (settin
     position embeddings fix the input to img_size x img_size: trained on crops of that size and
     served on tiles of that size (:func:`crossct.config.fixed_input_size`).
 ``swin_unetr`` -- Swin + U-Net: MONAI ``SwinUNETR(spatial_dims=2, feature_size=24)``, 6.3 M
-    parameters, the organisers' baseline.
+    parameters, the organisers' baseline.  The cross-teaching partner is the lighter
+    ``SWIN_UNETR_LITE`` (feature_size 12, heads 1-2-4-8, 1.6 M parameters) on a 2x pooled input
+    (``input_pool``, :func:`PooledInput`), which a CPU can afford.
 """
 
 from __future__ import annotations
@@ -50,10 +52,30 @@ def _unetr(**kwargs: Any):
     return UNETR(**kwargs)
 
 
-def _swin_unetr(**kwargs: Any):
+def _swin_unetr(input_pool: int = 1, **kwargs: Any):
     from monai.networks.nets import SwinUNETR
 
-    return SwinUNETR(**kwargs)
+    network = SwinUNETR(**kwargs)
+    return PooledInput(network, input_pool) if input_pool > 1 else network
+
+
+def PooledInput(network, pool: int):  # noqa: N802 (builds a module, like a class)
+    """``network`` run on its input average-pooled ``pool`` x ``pool``, its outputs upsampled back
+    (bilinear) to the input's size: ``pool**2`` times fewer tokens for a Transformer, the same
+    output shape for the losses, pseudo-labels and sliding windows as any other network."""
+    import torch
+    import torch.nn.functional as F
+
+    class _PooledInput(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, self.pool = network, pool
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.net(F.avg_pool2d(x, self.pool))
+            return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    return _PooledInput()
 
 
 # "resunet" is built by the same MONAI class as "unet"; its own name keeps the paper's network

@@ -6,8 +6,9 @@
 #   scripts/gpu_recipe.sh PACK_DIR OUT [MINUTES]
 #
 # PACK_DIR holds the training pack (python -m crossct.train pack --data DATA --out PACK_DIR/crossct-data.pack)
-# and, for hosts without MONAI, its wheel (pip download --no-deps monai==1.6.1 -d PACK_DIR): `make gpu-pack`.
-# MINUTES (default 10) is the budget of `crossct.train full`; the inference check adds about a minute.
+# and, for hosts without them, the wheels of MONAI and edt (Python 3.12, x86-64): `make gpu-pack`.
+# MINUTES (default 10) is the budget of `crossct.train full`; the inference check adds about a minute,
+# and the control stage (CROSSCT_FULL_FLAGS="--control ...") as many U-Net steps as cross-teaching ran.
 # Extra settings for every stage: CROSSCT_FULL_FLAGS (e.g. "--val-max-images 40").
 set -euo pipefail
 pack_dir=${1:?usage: scripts/gpu_recipe.sh PACK_DIR OUT [MINUTES]}
@@ -18,8 +19,13 @@ export PYTHONUNBUFFERED=1
 mkdir -p "$out"
 run=${CROSSCT_RUN_DIR:-/tmp/crossct-full}
 
-if ! python3 -c "import monai" 2>/dev/null; then
-    python3 -m pip install -q --no-deps --no-index --target /tmp/crossct-site "$pack_dir"/monai-*.whl
+# Training's two packages that GPU hosts' images tend to lack, from the wheels beside the pack.
+missing=()
+for module in monai edt; do
+    python3 -c "import $module" 2>/dev/null || missing+=("$pack_dir/$module"-*.whl)
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    python3 -m pip install -q --no-deps --no-index --target /tmp/crossct-site "${missing[@]}"
     export PYTHONPATH=/tmp/crossct-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 python3 - <<'EOF'
@@ -43,8 +49,13 @@ if [ -n "${smi:-}" ]; then kill "$smi" 2>/dev/null || true; fi
 python3 -m benchmarks.gpu_check --weights "$run/weights" --data "$pack_dir/crossct-data.pack" \
     --out "$run/gpu_check.md" 2>&1 | tee -a "$run.log" || true
 
-cp "$run/weights/model.onnx" "$run/weights/model.pt" "$run/weights/model.json" "$run/report.md" "$out/"
-cp "$run/transformer/best_swin.fp16.pt" "$out/swin_supervised.fp16.pt"
+# The CNNs in float32 (best checkpoint of each stage, re-exported and re-tuned wherever they land),
+# the Transformers in float16, the winner's settings and the report.
+cp "$run/cnn/best_unet.pt" "$out/unet_supervised.pt"
+cp "$run/crossct/best_cnn.pt" "$out/unet_crossct.pt"
+if [ -f "$run/control/best_unet.pt" ]; then cp "$run/control/best_unet.pt" "$out/unet_control.pt"; fi
+cp "$run/weights/model.json" "$run/report.md" "$out/"
+cp "$run"/transformer/best_swin*.fp16.pt "$out/swin_supervised.fp16.pt"
 cp "$run/crossct/best_transformer.fp16.pt" "$out/swin_crossct.fp16.pt"
 # Logs, settings and the inference check in one archive.
 tar -czf "$out/logs.tar.gz" -C "$(dirname "$run")" \

@@ -14,6 +14,7 @@ import tifffile
 from crossct.config import (
     NETWORK_ARGUMENTS,
     OUTPUT_CHANNELS,
+    SWIN_UNETR_LITE,
     SWIN_UNETR_PAPER,
     UNET_PAPER,
     Architecture,
@@ -195,11 +196,12 @@ def test_every_architecture_has_its_arguments_and_a_builder():
     assert list(NETWORK_ARGUMENTS) == list(get_args(Architecture)) == list(nets.ARCHITECTURES)
     from monai.networks.nets import SwinUNETR, UNet
 
-    for arch, network in (("unet", UNet), ("swin_unetr", SwinUNETR)):
+    # input_pool is ours (crossct.nets.PooledInput), every other argument MONAI's.
+    for arch, network, ours in (("unet", UNet, set()), ("swin_unetr", SwinUNETR, {"input_pool"})):
         accepted = set(inspect.signature(network).parameters)
         declared = {f.name for f in dataclasses.fields(NETWORK_ARGUMENTS[arch])}
-        assert declared <= accepted, declared - accepted
-    for config in (UNET_PAPER, SWIN_UNETR_PAPER):  # the paper's networks are valid and build
+        assert declared - ours <= accepted, declared - ours - accepted
+    for config in (UNET_PAPER, SWIN_UNETR_PAPER, SWIN_UNETR_LITE):  # the networks shipped settings name build
         assert ModelSpec(model=config).model == config
 
 

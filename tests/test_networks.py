@@ -17,6 +17,7 @@ import torch
 from conftest import training_folders
 from crossct.config import (
     RESUNET_PAPER,
+    SWIN_UNETR_LITE,
     SWIN_UNETR_PAPER,
     UNET_PAPER,
     UNETR_PAPER,
@@ -71,6 +72,27 @@ def test_paper_networks_have_the_papers_sizes():
     assert abs(counts["resunet"] / 3.23e6 - 1) < 0.01
     assert 1.9 < counts["resunet"] / counts["unet"] < 2.1
     assert round(counts["unetr"] / 1e6, 1) == 87.6
+
+
+def test_lite_partner_is_the_swin_unetr_on_a_pooled_input():
+    """SWIN_UNETR_LITE: MONAI's Swin-UNETR at width 12 (1.58 M parameters, a quarter of the paper's)
+    run on the input average-pooled 2 x 2, its outputs upsampled back to the input's size."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    net = build_network(SWIN_UNETR_LITE).eval()
+    assert round(count_parameters(net) / 1e6, 2) == 1.58
+    x = torch.rand(1, 3, 128, 128)
+    with torch.no_grad():
+        y = net(x)
+        inner = net.net(F.avg_pool2d(x, 2))  # the Swin-UNETR itself sees 64 x 64
+    assert y.shape == (1, 5, 128, 128) and inner.shape == (1, 5, 64, 64)
+    assert torch.allclose(y, F.interpolate(inner, size=(128, 128), mode="bilinear", align_corners=False))
+    # Each 2 x 2 block of input pixels is one pixel for the network: averaging within blocks changes nothing.
+    blocks = F.interpolate(F.avg_pool2d(x, 2), scale_factor=2, mode="nearest")
+    with torch.no_grad():
+        assert torch.allclose(net(blocks), y, atol=1e-6)
+    assert fixed_input_size(SWIN_UNETR_LITE) is None
 
 
 def test_resunet_is_the_unet_with_deeper_residual_units():

@@ -159,22 +159,31 @@ def test_full_protocol_hands_checkpoints_over_and_resumes_stage_by_stage(synthet
     from crossct.train.protocol import run_full
 
     run = tmp_path / "full"
-    base = _cfg(synthetic, run, warmup_steps=5, val_max_images=2)
-    state = run_full(base, budget_minutes=1.2)
-    assert [s for s in ("cnn", "transformer", "crossct", "finish") if state["stages"][s]["status"] == "done"] == \
-        ["cnn", "transformer", "crossct", "finish"]
+    # crop 128: the lite partner sees it pooled to 64, which its five 2x reductions need.
+    base = _cfg(synthetic, run, warmup_steps=5, val_max_images=2, crop=128)
+    state = run_full(base, budget_minutes=1.2, control=True)
+    assert [s for s in ("cnn", "transformer", "crossct", "control", "finish") if state["stages"][s]["status"] == "done"] == \
+        ["cnn", "transformer", "crossct", "control", "finish"]
     cross = json.loads((run / "crossct" / "config.json").read_text())
     assert cross["cnn"] == str(run / "cnn" / "best_unet.pt")
-    assert cross["transformer"] == str(run / "transformer" / "best_swin.pt")
+    assert cross["transformer"] == str(run / "transformer" / "best_swin-lite.pt")
     assert cross["lr"] == 5e-4 and cross["mode"] == "cross-teach"
+    # The control: the same start, as many steps, the same schedule, no partner.
+    control = json.loads((run / "control" / "config.json").read_text())
+    assert control["init"] == cross["cnn"] and control["mode"] == "supervised"
+    assert (control["lr"], control["warmup_steps"]) == (cross["lr"], cross["warmup_steps"])
+    assert control["steps"] == state["stages"]["crossct"]["time_report"]["final_step"]
+    assert state["stages"]["control"]["time_report"]["final_step"] == control["steps"]
+    assert set(state["stages"]["finish"]["tuned"]) == {"supervised", "crossct", "control"}
     winner = state["stages"]["finish"]["winner"]
     assert (run / "weights" / "model.json").read_text() == (run / f"weights-{winner}" / "model.json").read_text()
     assert load_predictor(run / "weights").spec.metadata["postprocess_tuning"]["split"] == "val"
-    half = load_checkpoint(run / "transformer" / "best_swin.fp16.pt")
+    half = load_checkpoint(run / "transformer" / "best_swin-lite.fp16.pt")
     assert all(v.dtype == torch.float16 for v in half["model"].values() if v.is_floating_point())
-    assert os.path.getsize(run / "transformer" / "best_swin.fp16.pt") < 16 * 2**20
+    assert os.path.getsize(run / "transformer" / "best_swin-lite.fp16.pt") < 16 * 2**20
     report = (run / "report.md").read_text()
     assert "| cnn |" in report and "CNN cross-taught, tuned post-processing" in report
+    assert "| control |" in report and "CNN control, tuned post-processing" in report
     # Resume: finished stages are skipped, an unfinished one runs again.
     stamp = (run / "cnn" / "last.pt").stat().st_mtime_ns
     saved = json.loads((run / "protocol.json").read_text())
@@ -182,6 +191,6 @@ def test_full_protocol_hands_checkpoints_over_and_resumes_stage_by_stage(synthet
     (run / "protocol.json").write_text(json.dumps(saved))
     with pytest.raises(FileExistsError, match="--resume"):
         run_full(base, budget_minutes=1.2)
-    state = run_full(base, budget_minutes=1.2, resume=True)
+    state = run_full(base, budget_minutes=1.2, resume=True, control=True)
     assert state["stages"]["finish"]["status"] == "done"
     assert (run / "cnn" / "last.pt").stat().st_mtime_ns == stamp

@@ -141,3 +141,41 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_run_resumes(synt
     assert 25 <= stopped < 100000  # at least the logged steps, saved although no timed checkpoint was due
     train(_cfg(synthetic, run, steps=stopped + 2), resume=True, overrides={"steps": stopped + 2})
     assert load_checkpoint(run / "last.pt")["step"] == stopped + 2
+
+
+def test_stop_after_minutes_stops_cleanly_and_the_resumed_run_matches(synthetic, tmp_path):
+    train(_cfg(synthetic, tmp_path / "straight", steps=4))
+    # A limit already passed after the first step: the process stops there, with last.pt written.
+    stopped = train(_cfg(synthetic, tmp_path / "period", steps=4, stop_after_minutes=1e-6))
+    assert stopped == {"stopped_at": 1}
+    assert load_checkpoint(tmp_path / "period" / "last.pt")["step"] == 1
+    # The next work period resumes (without the limit) and ends where the straight run did.
+    train(_cfg(synthetic, tmp_path / "period", steps=4), resume=True)
+    a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "period" / "last.pt")
+    for key, value in a["unet"]["model"].items():
+        assert torch.equal(value, b["unet"]["model"][key]), key
+
+
+def test_cpu_amp_trains_in_bfloat16_on_the_cpu(synthetic, tmp_path):
+    from crossct.train.config import TrainConfig
+
+    seen = []
+    original = torch.nn.Conv2d.forward
+
+    def spy(self, x):
+        out = original(self, x)
+        seen.append(out.dtype)
+        return out
+
+    torch.nn.Conv2d.forward = spy
+    try:
+        train(_cfg(synthetic, tmp_path / "bf16", steps=1, cpu_amp=True))
+        bf16 = set(seen)
+        seen.clear()
+        train(_cfg(synthetic, tmp_path / "fp32", steps=1))
+    finally:
+        torch.nn.Conv2d.forward = original
+    assert torch.bfloat16 in bf16
+    assert torch.bfloat16 not in set(seen)
+    report = json.loads((tmp_path / "bf16" / "time_report.json").read_text())
+    assert report["bf16_autocast"] is True and TrainConfig().cpu_amp is False

@@ -16,7 +16,7 @@ from typing import Any, Literal, Sequence, get_args
 __all__ = ["TrainConfig", "add_config_arguments", "config_from_args"]
 
 Mode = Literal["supervised", "cross-teach"]
-ModelName = Literal["unet", "resunet", "unetr", "swin"]
+ModelName = Literal["unet", "resunet", "unetr", "swin", "swin-lite"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -59,7 +59,10 @@ class TrainConfig:
                       "sqrt(global batch / lr-batch)", default=2e-3)
     lr_batch: int = _help("the global batch that --lr is given for", default=8)
     device: Device = _help("where to train: auto (CUDA when available), cpu or cuda", default="auto")
-    amp: bool = _help("bf16 autocast on CUDA (the CPU always trains in float32)", default=True)
+    amp: bool = _help("bf16 autocast on CUDA", default=True)
+    cpu_amp: bool = _help("bf16 autocast on the CPU too: on CPUs with AVX-512 BF16 / AMX about 1.7x faster steps "
+                          "(benchmarks/bench_partner.py); off by default, so earlier float32 runs resume unchanged",
+                          default=False)
     weight_decay: float = _help("AdamW weight decay", default=1e-4)
     warmup_steps: int = _help("linear warm-up steps", default=100)
     poly_power: float = _help("polynomial decay power after warm-up", default=0.9)
@@ -80,6 +83,8 @@ class TrainConfig:
     checkpoint_minutes: float = _help("write last.pt at least this often", default=5.0)
     checkpoint_every: int = _help("also write last.pt every N steps (0: off)", default=0)
     stop_after: int = _help("stop this process after N steps of this run (testing resume; 0: off)", default=0)
+    stop_after_minutes: float = _help("stop this process cleanly (last.pt written) after this many minutes of wall "
+                                      "time, to fit a work period; continue with --resume (0: off)", default=0.0)
 
     def __post_init__(self) -> None:
         for name, literal in (("mode", Mode), ("model", ModelName), ("device", Device)):
@@ -89,8 +94,9 @@ class TrainConfig:
             raise ValueError("cross-teach needs --cnn CKPT and --transformer CKPT (supervised checkpoints)")
         if self.steps < 1 or self.batch_size < 0 or self.unlabelled_batch_size < 0 or self.lr_batch < 1:
             raise ValueError("steps and lr_batch must be >= 1, batch sizes >= 0 (0: automatic)")
-        if self.time_budget < 0 or self.val_count < 0:
-            raise ValueError(f"time_budget ({self.time_budget}) and val_count ({self.val_count}) must be >= 0")
+        if self.time_budget < 0 or self.val_count < 0 or self.stop_after_minutes < 0:
+            raise ValueError(f"time_budget ({self.time_budget}), val_count ({self.val_count}) and stop_after_minutes "
+                             f"({self.stop_after_minutes}) must be >= 0")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

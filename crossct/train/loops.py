@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import (RESUNET_PAPER, SWIN_UNETR_PAPER, UNET_PAPER, UNETR_PAPER, ModelSpec, PostprocessConfig,
+from ..config import (RESUNET_PAPER, SWIN_UNETR_LITE, SWIN_UNETR_PAPER, UNET_PAPER, UNETR_PAPER, ModelSpec, PostprocessConfig,
                       fixed_input_size, spec_for_crop)
 from ..nets import FULLY_CONVOLUTIONAL, build_network, with_probabilities
 from .budget import PROBE_SKIP, PROBE_STEPS, StepPlan, TimeAccount, plan_steps, replan_steps
@@ -42,7 +42,8 @@ __all__ = ["Role", "Distributed", "train", "evaluate", "ModulePredictor", "defau
 
 logger = logging.getLogger(__name__)
 
-MODEL_SPECS = {"unet": UNET_PAPER, "resunet": RESUNET_PAPER, "unetr": UNETR_PAPER, "swin": SWIN_UNETR_PAPER}
+MODEL_SPECS = {"unet": UNET_PAPER, "resunet": RESUNET_PAPER, "unetr": UNETR_PAPER, "swin": SWIN_UNETR_PAPER,
+               "swin-lite": SWIN_UNETR_LITE}
 
 
 def default_data_dir() -> Path:
@@ -520,7 +521,7 @@ def _save_best(role: Role, run_dir: Path, step: int, result: dict[str, Any]) -> 
         "val": json.dumps(result)})
 
 
-RESUME_KEEPS = ("stop_after", "checkpoint_minutes", "checkpoint_every", "threads", "num_workers", "device")
+RESUME_KEEPS = ("stop_after", "stop_after_minutes", "checkpoint_minutes", "checkpoint_every", "threads", "num_workers", "device")
 
 
 def _resolve_batch(cfg: TrainConfig, on_gpu: bool) -> TrainConfig:
@@ -563,7 +564,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
         torch.set_num_threads(cfg.threads)
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
-    amp = cfg.amp and on_gpu
+    amp = cfg.amp if on_gpu else cfg.cpu_amp
     torch.manual_seed(cfg.seed)
     plan = StepPlan(cfg.steps)
     roles = _roles_for(cfg, dist, plan)
@@ -725,8 +726,9 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
                 checkpoint(step)
                 last_save = time.monotonic()
             asked = bool(cfg.stop_after) and steps_this_run >= cfg.stop_after
-            if step < plan.total and (asked or stop):
-                stop_reason = "--stop-after" if asked else stop.received
+            out_of_time = bool(cfg.stop_after_minutes) and account.elapsed > cfg.stop_after_minutes * 60
+            if step < plan.total and (asked or out_of_time or stop):
+                stop_reason = "--stop-after" if asked else "--stop-after-minutes" if out_of_time else stop.received
                 break
             if budget is not None and planned and step < plan.total:
                 # The plan overran (a slower moment than the probe): keep the final validation's time.

@@ -6,8 +6,10 @@ stage in its own folder of ``RUN`` and with its share of the budget:
 1. ``cnn``: supervised pre-training of the CNN (``--cnn-model``, default the U-Net);
 2. ``transformer``: supervised pre-training of the Swin-UNETR;
 3. ``crossct``: cross-teaching of the two from their best checkpoints (labelled + unlabelled images);
-4. ``finish``: both CNNs (supervised and cross-taught) exported, their post-processing tuned on
-   val, the better one (by the score that picks checkpoints) copied to ``RUN/weights``; the
+4. ``control`` (with ``--control``): the fair comparison for 3., the same CNN from the same
+   checkpoint trained supervised for as many steps, with the same learning-rate schedule;
+5. ``finish``: the CNNs (supervised, cross-taught, control) exported, their post-processing tuned on
+   val, the best one (by the score that picks checkpoints) copied to ``RUN/weights``; the
    Transformers' weights in float16 (small enough to copy off a GPU host); ``RUN/report.md``:
    every stage's wall time, throughput and data-wait share, and the val table of every stage.
 
@@ -33,8 +35,9 @@ __all__ = ["STAGES", "DEFAULT_SHARES", "run_full", "main"]
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("cnn", "transformer", "crossct", "finish")
-DEFAULT_SHARES = {"cnn": 0.3, "transformer": 0.3, "crossct": 0.3, "finish": 0.1}
+STAGES = ("cnn", "transformer", "crossct", "control", "finish")
+# The control stage runs as many steps as cross-teaching did, not a share of the time.
+DEFAULT_SHARES = {"cnn": 0.3, "transformer": 0.3, "crossct": 0.3, "control": 0.0, "finish": 0.1}
 # Cross-teaching starts from two trained networks: a lower peak learning rate and a short warm-up.
 CROSS_TEACH_DEFAULTS = {"lr": 5e-4, "warmup_steps": 25}
 # Settings that belong to one stage, never passed to all of them.
@@ -59,10 +62,11 @@ def _shares(text: str | None) -> dict[str, float]:
 class Protocol:
     """State of a ``full`` run: its settings, the stages done, and what each produced."""
 
-    def __init__(self, run_dir: Path, budget_minutes: float, shares: dict[str, float], cnn_model: str = "unet") -> None:
+    def __init__(self, run_dir: Path, budget_minutes: float, shares: dict[str, float], cnn_model: str = "unet",
+                 transformer_model: str = "swin-lite") -> None:
         self.run_dir, self.path = run_dir, run_dir / "protocol.json"
         self.state: dict[str, Any] = {"budget_minutes": budget_minutes, "shares": shares, "cnn_model": cnn_model,
-                                      "stages": {}}
+                                      "transformer_model": transformer_model, "stages": {}}
         if self.path.exists():
             saved = json.loads(self.path.read_text())
             self.state["stages"] = saved.get("stages", {})
@@ -89,15 +93,16 @@ class Protocol:
         return max(0.0, left * shares[stage] / total) if total > 0 else 0.0
 
 
-def _train_stage(protocol: Protocol, stage: str, cfg, resume: bool) -> dict[str, Any]:
-    """Train one stage (resuming its last.pt when there is one) within its budget."""
+def _train_stage(protocol: Protocol, stage: str, cfg, resume: bool, budgeted: bool = True) -> dict[str, Any]:
+    """Train one stage (resuming its last.pt when there is one) within its budget, or for its
+    ``steps`` when not ``budgeted``."""
     from .loops import train
 
     run = Path(cfg.run_dir)
-    seconds = protocol.stage_budget(stage)
+    seconds = protocol.stage_budget(stage) if budgeted else 0.0
     cfg = dataclasses.replace(cfg, time_budget=seconds / 60.0)
     t0 = time.perf_counter()
-    logger.info("stage %s: %.1f min in %s", stage, seconds / 60, run)
+    logger.info("stage %s: %s in %s", stage, f"{seconds / 60:.1f} min" if budgeted else f"{cfg.steps} steps", run)
     again = resume and (run / "last.pt").exists()
     # A resumed stage gets its budget anew: what it spent before its interruption is not known
     # to this protocol (its own budget_used covers the time inside train()).
@@ -162,6 +167,8 @@ def _finish(protocol: Protocol, base, cnn_role: str) -> dict[str, Any]:
     _, val_records = split_records(base)
     val_records = round_robin(val_records, base.val_max_images)
     candidates = {"supervised": _best(run / "cnn", cnn_role), "crossct": _best(run / "crossct", "cnn")}
+    if protocol.done("control"):
+        candidates["control"] = _best(run / "control", cnn_role)
     tuned = {}
     for name, checkpoint in candidates.items():
         tuned[name] = _export_and_tune(checkpoint, run / f"weights-{name}", val_records) if val_records else None
@@ -169,7 +176,7 @@ def _finish(protocol: Protocol, base, cnn_role: str) -> dict[str, Any]:
     if (run / "weights").exists():
         shutil.rmtree(run / "weights")
     shutil.copytree(run / f"weights-{winner}", run / "weights")
-    halves = [str(_half_copy(_best(run / "transformer", "swin")).relative_to(run)),
+    halves = [str(_half_copy(_best(run / "transformer", protocol.state["transformer_model"])).relative_to(run)),
               str(_half_copy(_best(run / "crossct", "transformer")).relative_to(run))]
     info = {"winner": winner, "tuned": tuned, "fp16": halves, "seconds": round(time.perf_counter() - t0, 1)}
     (run / "report.md").write_text(report_markdown(protocol, info))
@@ -197,7 +204,7 @@ def report_markdown(protocol: Protocol, finish: dict[str, Any]) -> str:
              f"shipped candidate: **{finish['winner']}** (copied to `weights/`).", "",
              "| stage | wall min | budget min | steps | s/step | crops/s | data wait | device | batch | GPU peak GiB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for name in STAGES[:3]:
+    for name in STAGES[:4]:
         s = stages.get(name, {})
         t = s.get("time_report", {})
         wait = "" if t.get("data_wait_share") is None else f"{100 * t['data_wait_share']:.1f} %"
@@ -208,14 +215,17 @@ def report_markdown(protocol: Protocol, finish: dict[str, Any]) -> str:
     lines.append(f"| finish (export, tuning, report) | {finish['seconds'] / 60:.1f} | | | | | | | | |")
     rows: list[tuple[str, dict[str, Any] | None]] = [
         ("CNN supervised, default thresholds", _stage_val(run / "cnn", protocol.state["cnn_model"])),
-        ("Swin-UNETR supervised, default thresholds", _stage_val(run / "transformer", "swin")),
+        ("Swin-UNETR supervised, default thresholds", _stage_val(run / "transformer", protocol.state["transformer_model"])),
         ("CNN cross-taught, default thresholds", _stage_val(run / "crossct", "cnn")),
         ("Swin-UNETR cross-taught, default thresholds", _stage_val(run / "crossct", "transformer")),
+        ("CNN control (supervised, as many steps), default thresholds", _stage_val(run / "control", protocol.state["cnn_model"])),
     ]
-    for name in ("supervised", "crossct"):
+    titles = {"supervised": "supervised", "crossct": "cross-taught", "control": "control"}
+    for name in ("supervised", "crossct", "control"):
         tuned = finish["tuned"].get(name)
-        rows.append((f"CNN {'supervised' if name == 'supervised' else 'cross-taught'}, tuned post-processing",
-                     tuned["after"] if tuned else None))
+        if name == "control" and tuned is None:
+            continue
+        rows.append((f"CNN {titles[name]}, tuned post-processing", tuned["after"] if tuned else None))
     sources = sorted({s for _, r in rows if r for s in r.get("per_source", {})})
     lines += ["", "Validation F1 (IoU 0.5, challenge rules), watershed post-processing:", "",
               "| network | " + " | ".join(sources) + " | all images | mean over sources |",
@@ -231,22 +241,24 @@ def report_markdown(protocol: Protocol, finish: dict[str, Any]) -> str:
 
 def run_full(base, budget_minutes: float, shares: dict[str, float] | None = None, cnn_model: str = "unet",
              init_cnn: str = "", init_transformer: str = "", resume: bool = False,
-             cross_teach: dict[str, Any] | None = None) -> dict[str, Any]:
+             cross_teach: dict[str, Any] | None = None, transformer_model: str = "swin-lite",
+             cnn_stage: dict[str, Any] | None = None, control: bool = False) -> dict[str, Any]:
     """Run (or resume) the protocol; ``base`` (a TrainConfig) holds the settings of every stage and
-    ``base.run_dir`` the run; ``cross_teach`` overrides settings of the cross-teaching stage only."""
+    ``base.run_dir`` the run; ``cross_teach`` and ``cnn_stage`` override settings of the
+    cross-teaching and the CNN stage only; ``control`` adds the supervised control stage."""
     shares = shares or dict(DEFAULT_SHARES)
     run = Path(base.run_dir)
-    protocol = Protocol(run, budget_minutes, shares, cnn_model)
+    protocol = Protocol(run, budget_minutes, shares, cnn_model, transformer_model)
     if protocol.state["stages"] and not resume:
         raise FileExistsError(f"{run} holds a started protocol run: pass --resume to continue it, or use a new --run-dir")
     common = {k: v for k, v in base.to_dict().items() if k not in _PER_STAGE}
     from .config import TrainConfig
 
     stage_cfgs = {
-        "cnn": TrainConfig.from_dict({**common, "mode": "supervised", "model": cnn_model, "init": init_cnn,
-                                      "run_dir": str(run / "cnn")}),
-        "transformer": TrainConfig.from_dict({**common, "mode": "supervised", "model": "swin", "init": init_transformer,
-                                              "run_dir": str(run / "transformer")}),
+        "cnn": TrainConfig.from_dict({**common, **(cnn_stage or {}), "mode": "supervised", "model": cnn_model,
+                                      "init": init_cnn, "run_dir": str(run / "cnn")}),
+        "transformer": TrainConfig.from_dict({**common, "mode": "supervised", "model": transformer_model,
+                                              "init": init_transformer, "run_dir": str(run / "transformer")}),
     }
     for stage in ("cnn", "transformer"):
         if not protocol.done(stage):
@@ -255,8 +267,18 @@ def run_full(base, budget_minutes: float, shares: dict[str, float] | None = None
         cross = TrainConfig.from_dict({**common, **CROSS_TEACH_DEFAULTS, **(cross_teach or {}),
                                        "mode": "cross-teach", "run_dir": str(run / "crossct"),
                                        "cnn": str(_best(run / "cnn", cnn_model)),
-                                       "transformer": str(_best(run / "transformer", "swin"))})
+                                       "transformer": str(_best(run / "transformer", transformer_model))})
         _train_stage(protocol, "crossct", cross, resume)
+    if control and not protocol.done("control"):
+        # As many steps as cross-teaching ran, from the same checkpoint, with its learning rate,
+        # warm-up and number of validations: only the partner and the unlabelled images differ.
+        ct = json.loads((run / "crossct" / "config.json").read_text())
+        steps = int(protocol.state["stages"]["crossct"]["time_report"]["final_step"])
+        settings = {k: ct[k] for k in ("lr", "warmup_steps", "batch_size", "seed")}
+        _train_stage(protocol, "control", TrainConfig.from_dict({
+            **common, **settings, "mode": "supervised", "model": cnn_model, "init": ct["cnn"],
+            "run_dir": str(run / "control"), "steps": steps,
+            "val_every": max(1, steps // (base.val_count + 1))}), resume, budgeted=False)
     finish = protocol.state["stages"].get("finish") if protocol.done("finish") else _finish(protocol, base, cnn_model)
     logger.info("protocol done in %.1f min: %s -> %s", protocol.seconds_used() / 60, finish["winner"], run / "weights")
     return protocol.state
@@ -275,6 +297,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="fractions of the budget per stage, e.g. cnn=0.3,transformer=0.3,crossct=0.3,finish=0.1 "
                         f"(default: {','.join(f'{k}={v}' for k, v in DEFAULT_SHARES.items())})")
     p.add_argument("--cnn-model", default="unet", choices=["unet"], help="the CNN of the pair")
+    p.add_argument("--transformer-model", default="swin-lite", choices=["swin-lite", "swin"],
+                   help="the Transformer of the pair: swin-lite (the partner a CPU affords, default) or swin "
+                        "(the paper's Swin-UNETR)")
+    p.add_argument("--control", action="store_true",
+                   help="also train the CNN supervised from the cross-teaching start for as many steps (a fair "
+                        "comparison for cross-teaching)")
+    p.add_argument("--cnn-lr", type=float, default=None,
+                   help="peak lr of the CNN stage (e.g. lower when --init-cnn starts it from trained weights)")
     p.add_argument("--init-cnn", default="", help="start the CNN from these weights (checkpoint or weights folder)")
     p.add_argument("--init-transformer", default="", help="start the Swin-UNETR from these weights")
     p.add_argument("--ct-lr", type=float, default=None, help=f"cross-teaching peak lr (default {CROSS_TEACH_DEFAULTS['lr']})")
@@ -293,6 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(str(exc))
     base = config_from_args(args, mode="supervised", time_budget=0.0)
     run_full(base, args.time_budget, shares, args.cnn_model, args.init_cnn, args.init_transformer, args.resume,
-             cross_teach={"lr": args.ct_lr} if args.ct_lr is not None else None)
+             cross_teach={"lr": args.ct_lr} if args.ct_lr is not None else None,
+             transformer_model=args.transformer_model, control=args.control,
+             cnn_stage={"lr": args.cnn_lr} if args.cnn_lr is not None else None)
     print(f"report: {Path(args.run_dir) / 'report.md'}; weights: {Path(args.run_dir) / 'weights'}")
     return 0
