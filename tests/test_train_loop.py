@@ -1,6 +1,7 @@
 """Training end to end on tiny synthetic data: supervised U-Net and Swin-UNETR, cross-teaching,
 resume equal to an uninterrupted run, export, and predict.py with the exported model."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -179,3 +180,22 @@ def test_cpu_amp_trains_in_bfloat16_on_the_cpu(synthetic, tmp_path):
     assert torch.bfloat16 not in set(seen)
     report = json.loads((tmp_path / "bf16" / "time_report.json").read_text())
     assert report["bf16_autocast"] is True and TrainConfig().cpu_amp is False
+
+
+def test_unlabelled_sources_are_equally_likely_however_many_images_each_has(synthetic, tmp_path):
+    from crossct.synthetic import write_synthetic_dataset
+    from crossct.train import loops
+
+    # An unlabelled record's source is its folder's name.
+    few = write_synthetic_dataset(tmp_path / "few", n_images=1, size=(96, 128), seed=1)[0].rename(tmp_path / "few_src")
+    many = write_synthetic_dataset(tmp_path / "many", n_images=3, size=(96, 128), seed=2)[0].rename(tmp_path / "many_src")
+    cfg = _cfg(synthetic, tmp_path / "ct", mode="cross-teach", cnn="unused.pt", transformer="unused.pt",
+               unlabelled=(str(few), str(many)), labelled_as_unlabelled=False)
+    batches, _ = loops._build_data(cfg, loops.Distributed())
+    p = batches["unlabelled"].p
+    assert len(p) == 4
+    # Each folder is a source: one image carries as much weight as the other three together.
+    assert p[0] == pytest.approx(0.5) and p[1:] == pytest.approx([1 / 6] * 3)
+    # alpha 0: every image as likely.
+    cfg = dataclasses.replace(cfg, unlabelled_source_alpha=0.0)
+    assert loops._build_data(cfg, loops.Distributed())[0]["unlabelled"].p == pytest.approx([0.25] * 4)

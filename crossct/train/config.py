@@ -74,6 +74,8 @@ class TrainConfig:
     p_zoom: float = _help("scale augmentation: probability that a crop is zoomed", default=0.5)
     p_colour: float = _help("colour augmentation: probability that a colour crop gets a gain and shift per channel", default=0.0)
     source_alpha: float = _help("sampling weight per image ~ 1 / n_source**alpha (0: uniform over images, 1: uniform over sources)", default=0.5)
+    unlabelled_source_alpha: float = _help("the same for the unlabelled images of cross-teaching (1: every source as "
+                                           "likely, so 522 dsb images do not drown 2 bacteria crops)", _CT, default=1.0)
     num_workers: int = _help("processes preparing batches ahead of the network (-1: none on a CPU, up to 12 on a GPU)", default=-1)
     seed: int = _help("seed for weights, sampling and augmentation", default=0)
     threads: int = _help("torch CPU threads (0: all cores)", default=0)

@@ -448,7 +448,8 @@ def _build_data(cfg: TrainConfig, dist: Distributed):
         if not unl_records:
             raise ValueError("cross-teach found no unlabelled images (--unlabelled DIR ...)")
         unlabelled = D.UnlabelledDataset(unl_records, crop=cfg.crop, augment=True, seed=cfg.seed)
-        batches["unlabelled"] = StepBatches(unlabelled, D.source_weights(unl_records, cfg.source_alpha, shapes=unlabelled.shapes),
+        batches["unlabelled"] = StepBatches(unlabelled, D.source_weights(unl_records, cfg.unlabelled_source_alpha,
+                                                                         shapes=unlabelled.shapes),
                                             cfg.unlabelled_batch_size, cfg.seed, 2, dist)
     return batches, val_records
 
