@@ -199,3 +199,18 @@ def test_unlabelled_sources_are_equally_likely_however_many_images_each_has(synt
     # alpha 0: every image as likely.
     cfg = dataclasses.replace(cfg, unlabelled_source_alpha=0.0)
     assert loops._build_data(cfg, loops.Distributed())[0]["unlabelled"].p == pytest.approx([0.25] * 4)
+
+
+def test_status_tells_where_a_stopped_run_stands(synthetic, tmp_path, capsys):
+    from crossct.train.__main__ import main
+    from crossct.train.status import run_status
+
+    run = tmp_path / "run"
+    train(_cfg(synthetic, run, steps=6, stop_after=4, val_every=2))
+    s = run_status(run)
+    assert (s["mode"], s["step"], s["steps"], s["left"]) == ("supervised", 4, 6, 2)
+    assert set(s["best"]) == {"unet"} and s["best"]["unet"]["step"] in (2, 4)
+    assert main(["status", str(run), str(tmp_path / "missing")]) == 1
+    out, err = capsys.readouterr()
+    assert f"| {run} | supervised unet | 4 | 6 | 2 |" in out
+    assert f"{tmp_path / 'missing'}: no config.json" in err

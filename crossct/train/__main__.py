@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                    "inside one time budget (python -m crossct.train full --help)")
     sub.add_parser("average", add_help=False, help="the mean of several networks' weights, for export or --init "
                    "(python -m crossct.train average --help)")
+    sub.add_parser("status", add_help=False, help="where training runs stand: steps done and left, best validation "
+                   "(python -m crossct.train status RUN ...)")
     sub.add_parser("pack", add_help=False, help="write every image and label training needs into one file "
                    "(python -m crossct.train pack --help)")
     for name, text in (("supervised", "supervised pre-training of one network (--model unet|resunet|unetr|swin)"),
@@ -56,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .average import main as average_main
 
         return average_main(argv[1:])
+    if argv[:1] == ["status"]:
+        from .status import main as status_main
+
+        return status_main(argv[1:])
     if argv[:1] == ["full"]:
         from .protocol import main as full_main
 

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The cross-teaching comparison as a run that lives for days on a CPU, one work period at a time.
+#
+#   scripts/long_run.sh RUN_ROOT START_CNN PARTNER [MINUTES]
+#
+# Two arms from the same U-Net checkpoint (START_CNN), the same seed, schedule and number of steps:
+#   RUN_ROOT/control  the U-Net trained supervised (labelled images only)
+#   RUN_ROOT/crossct  the U-Net cross-taught with the Transformer PARTNER (labelled + unlabelled)
+# Each call works for at most MINUTES (default 170) of wall time, then stops cleanly with last.pt
+# written; the next call resumes exactly where it stopped (finished arms are skipped).  Settings:
+# CROSSCT_LONG_STEPS (10000), CROSSCT_LONG_SEED (0), CROSSCT_DATA (../shared/data).
+# `python -m crossct.train status RUN_ROOT/*` tells where each arm stands.
+set -euo pipefail
+root=${1:?usage: scripts/long_run.sh RUN_ROOT START_CNN PARTNER [MINUTES]}
+start=${2:?usage: scripts/long_run.sh RUN_ROOT START_CNN PARTNER [MINUTES]}
+partner=${3:?usage: scripts/long_run.sh RUN_ROOT START_CNN PARTNER [MINUTES]}
+minutes=${4:-170}
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+deadline=$(( $(date +%s) + ${minutes%.*} * 60 ))
+common=(--data "${CROSSCT_DATA:-../shared/data}" --steps "${CROSSCT_LONG_STEPS:-10000}" --seed "${CROSSCT_LONG_SEED:-0}"
+        --lr 5e-4 --warmup-steps 25 --batch-size 8 --cpu-amp --val-every 2000 --checkpoint-minutes 5)
+
+arm() {  # arm NAME MODE ARGS...: run or resume one arm within what is left of the minutes
+    local name=$1 mode=$2; shift 2
+    local dir="$root/$name" left=$(( (deadline - $(date +%s)) / 60 ))
+    if [ -f "$dir/time_report.json" ] && python3 -c "import json,sys; r=json.load(open('$dir/time_report.json')); c=json.load(open('$dir/config.json')); sys.exit(r['final_step'] < c['steps'])"; then
+        echo "$name: done"; return 0
+    fi
+    if [ "$left" -lt 5 ]; then echo "$name: no time left in this period"; return 0; fi
+    local resume=(); [ -f "$dir/last.pt" ] && resume=(--resume)
+    python3 -m crossct.train "$mode" --run-dir "$dir" "${common[@]}" "$@" "${resume[@]}" \
+        --stop-after-minutes "$left" 2>&1 | tee -a "$root/$name.log"
+}
+arm control supervised --model unet --init "$start"
+arm crossct cross-teach --cnn "$start" --transformer "$partner" --unlabelled-batch-size 8
