@@ -8,7 +8,9 @@
 #   RUN_ROOT/crossct  the U-Net cross-taught with the Transformer PARTNER (labelled + unlabelled)
 # Each call works for at most MINUTES (default 170) of wall time, then stops cleanly with last.pt
 # written; the next call resumes exactly where it stopped (finished arms are skipped).  Settings:
-# CROSSCT_LONG_STEPS (10000), CROSSCT_LONG_SEED (0), CROSSCT_DATA (../shared/data).
+# CROSSCT_LONG_STEPS (10000), CROSSCT_LONG_SEED (0), CROSSCT_DATA (../shared/data), and
+# CROSSCT_LONG_FLAGS: more training flags, e.g. "--threads 1" while other work shares the cores (two
+# processes each running one thread per core slow each other several times over).
 # `python -m crossct.train status RUN_ROOT/*` tells where each arm stands.
 set -euo pipefail
 root=${1:?usage: scripts/long_run.sh RUN_ROOT START_CNN PARTNER [MINUTES]}
@@ -19,7 +21,8 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 deadline=$(( $(date +%s) + ${minutes%.*} * 60 ))
 common=(--data "${CROSSCT_DATA:-../shared/data}" --steps "${CROSSCT_LONG_STEPS:-10000}" --seed "${CROSSCT_LONG_SEED:-0}"
-        --lr 5e-4 --warmup-steps 25 --batch-size 8 --cpu-amp --val-every 2000 --checkpoint-minutes 5)
+        --lr 5e-4 --warmup-steps 25 --batch-size 8 --cpu-amp --val-every 2000 --checkpoint-minutes 5
+        ${CROSSCT_LONG_FLAGS:-})
 
 arm() {  # arm NAME MODE ARGS...: run or resume one arm within what is left of the minutes
     local name=$1 mode=$2; shift 2
