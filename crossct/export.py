@@ -188,7 +188,7 @@ def _refuse_existing(out: Path, force: bool) -> list[str]:
 
 
 def export_into(state_dict: dict[str, Any], spec, out_dir: str | os.PathLike, force: bool = False,
-                facts: dict[str, Any] | None = None):
+                facts: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None):
     """:func:`export_weights` into ``out_dir`` without ever leaving it half-replaced.
 
     A folder that already holds weights is refused unless ``force``.  The files are exported and
@@ -207,7 +207,7 @@ def export_into(state_dict: dict[str, Any], spec, out_dir: str | os.PathLike, fo
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out))
     try:
-        spec = export_weights(state_dict, spec, staging)
+        spec = export_weights(state_dict, spec, staging, metadata=metadata)
         for name in (ONNX_NAME, TORCH_NAME, SPEC_NAME):  # model.json last: it makes the folder loadable
             os.replace(staging / name, out / name)
     finally:
@@ -290,12 +290,18 @@ def _export(args: argparse.Namespace):
         state, facts = build_network(spec.model).state_dict(), {"checkpoint": f"a tiny untrained {args.tiny_arch}"}
     else:
         from .train.checkpoint import load_checkpoint
+        from .train.provenance import training_record
 
         state, spec, facts = weights_from_checkpoint(load_checkpoint(args.checkpoint), Path(args.checkpoint),
                                                      args.role)
+        # How the network was trained (metadata.training), from its run's config.json when present.
+        training = training_record(args.checkpoint, facts.get("step"), facts.get("role"))
+        metadata = {"training": training} if training else None
+    if args.tiny_untrained:
+        metadata = None
     if args.settings:
         spec = apply_settings(spec, args.settings)
-    return export_into(state, spec, out, force=args.force, facts=facts), out
+    return export_into(state, spec, out, force=args.force, facts=facts, metadata=metadata), out
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import torch
 from conftest import training_folders
 from crossct.train.checkpoint import load_checkpoint
 from crossct.train.config import TrainConfig
+from crossct.train.data import paired_folder_records
 from crossct.train.loops import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,6 +77,13 @@ def test_swin_then_cross_teaching_then_export_then_predict(synthetic, tmp_path):
                    check=True, cwd=REPO, capture_output=True)
     spec = json.loads((weights / "model.json").read_text())
     assert spec["model"]["arch"] == "unet" and spec["metadata"]["onnx_max_abs_diff"] < 1e-4
+    # model.json says how the network was trained: cross-taught, its partner, its start, its data.
+    training = spec["metadata"]["training"]
+    assert (training["mode"], training["network"], training["start"]) == ("crossct", "cnn", "best_unet.pt")
+    assert training["partner"]["arch"] == "swin_unetr" and training["partner"]["checkpoint"] == "best_swin.pt"
+    assert training["step"] == result["cnn"]["best_step"] and training["steps_planned"] == 3
+    assert training["data_sources"] == sorted({r.source for r in paired_folder_records(
+        Path(synthetic["images_dir"]), Path(synthetic["labels_dir"]))})
     out = tmp_path / "labels"
     done = subprocess.run([sys.executable, "predict.py", "-i", synthetic["val_images_dir"], "-o", str(out),
                            "-w", str(weights)], cwd=REPO, capture_output=True, text=True)
