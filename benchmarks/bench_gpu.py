@@ -223,7 +223,7 @@ def samples_from(args) -> list[Sample]:
 
         samples = [Sample(p) for p in list_images(args.images_dir)]
     else:
-        from crossct.train.data import read_manifest
+        from crossct.train.records import read_manifest
 
         manifest = args.data / "manifest.csv"
         if not manifest.is_file():

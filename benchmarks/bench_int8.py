@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from crossct.config import load_spec
-    from crossct.train.data import read_manifest
+    from crossct.train.records import read_manifest
 
     from benchmarks.bench_speed import load_line, machine_line
 

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from crossct.predictors import load_predictor
     from crossct.synthetic import synthetic_cells
     from crossct.tiling import sliding_window, tile_grid
-    from crossct.train.data import read_manifest
+    from crossct.train.records import read_manifest
     from evaluate import f1_score, read_labels
 
     predictor = load_predictor(args.weights, device="cpu")

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from crossct.pipeline import segment
     from crossct.predictors import load_predictor
     from crossct.size import median_diameter, resize_image, resize_labels
-    from crossct.train.data import data_records, read_record_image, read_record_label
+    from crossct.train.records import data_records, read_record_image, read_record_label
     from evaluate import f1_score
 
     records = {r.name: r for r in data_records(args.data, "val")}

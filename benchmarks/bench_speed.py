@@ -414,7 +414,7 @@ def _worker_peak(args: argparse.Namespace) -> dict[str, Any]:
 
 def _worker_val(args: argparse.Namespace) -> dict[str, Any]:
     from crossct.io import read_image
-    from crossct.train.data import read_manifest
+    from crossct.train.records import read_manifest
     from evaluate import f1_score, read_labels
 
     records = read_manifest(Path(args.data) / "manifest.csv", split=args.split)

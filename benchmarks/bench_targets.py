@@ -78,8 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     import numpy as np
     import torch
 
-    from crossct.train.data import LabelledDataset, collate, read_manifest, source_weights
-    from crossct.train.targets import TargetCache, make_targets, prepare_all, read_label_file
+    from crossct.train.data import LabelledDataset, collate, source_weights
+    from crossct.train.records import read_label_file, read_manifest
+    from crossct.train.targets import TargetCache, make_targets, prepare_all
 
     if args.threads:
         import cv2

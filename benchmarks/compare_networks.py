@@ -169,8 +169,8 @@ def tuned_val_f1(weights: Path, data: Path, max_images: int) -> dict[str, Any]:
     from crossct.config import load_spec, save_spec
     from crossct.pipeline import predict_outputs
     from crossct.predictors import load_predictor
-    from crossct.train.data import read_manifest
     from crossct.train.loops import balanced_f1, load_val_items
+    from crossct.train.records import read_manifest
     from crossct.train.tune import score_outputs, tune_postprocess
 
     predictor = load_predictor(weights, backend="onnx", device="cpu")

@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.bench_gpu import compare_labels
     from crossct.pipeline import segment
     from crossct.predictors import load_predictor
-    from crossct.train.data import data_records, read_record_image, read_record_label
     from crossct.train.loops import round_robin
+    from crossct.train.records import data_records, read_record_image, read_record_label
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     paths = {"ONNX Runtime, CPU": load_predictor(args.weights, backend="onnx", device="cpu"),

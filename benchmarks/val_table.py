@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from crossct.pipeline import predict_outputs, segment
     from crossct.postprocess import postprocess
     from crossct.predictors import load_predictor
-    from crossct.train.data import data_records, read_record_image, read_record_label
+    from crossct.train.records import data_records, read_record_image, read_record_label
     from evaluate import f1_score
 
     records = data_records(args.data, split=args.split)

@@ -13,8 +13,9 @@ import pytest
 import tifffile
 
 from crossct.synthetic import write_synthetic_dataset
-from crossct.train.data import LabelledDataset, data_records, load_normalized, read_record_label, record_image
-from crossct.train.pack import Pack, is_pack, open_pack, write_pack
+from crossct.train.data import LabelledDataset
+from crossct.train.pack import write_pack
+from crossct.train.records import Pack, data_records, is_pack, load_normalized, open_pack, read_record_label, record_image
 from crossct.train.targets import TargetCache
 
 
@@ -92,7 +93,8 @@ def test_pack_manifest_and_errors(data_dir, tmp_path):
 
 
 def test_separate_markers_are_coded_as_planes_and_keep_their_detail():
-    from crossct.train.pack import _encode_webp, decode_image, layout
+    from crossct.train.pack import _encode_webp, layout
+    from crossct.train.records import decode_image
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:96, :96]

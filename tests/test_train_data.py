@@ -13,17 +13,8 @@ import tifffile
 import torch
 
 from crossct.train import data as D
-from crossct.train.data import (
-    AugmentConfig,
-    LabelledDataset,
-    Record,
-    UnlabelledDataset,
-    balanced_sampler,
-    paired_folder_records,
-    read_manifest,
-    source_weights,
-    unlabelled_records,
-)
+from crossct.train.data import AugmentConfig, LabelledDataset, UnlabelledDataset, balanced_sampler, source_weights
+from crossct.train.records import Record, paired_folder_records, read_manifest, unlabelled_records
 from crossct.train.targets import TargetCache, make_targets
 
 GEOMETRY_ONLY = AugmentConfig(p_scale=0.0, p_contrast=0.0, p_gamma=0.0, p_noise=0.0, p_blur=0.0)

@@ -1,7 +1,7 @@
-"""Training data: records, in-memory datasets of augmented crops, source-balanced sampling.
+"""Training data: in-memory datasets of augmented crops, source-balanced sampling.
 
-Data flow: a manifest CSV, paired folders or a training pack (:mod:`crossct.train.pack`) ->
-:class:`Record` s -> :class:`LabelledDataset` (images
+Data flow: :class:`~crossct.train.records.Record` s (of a manifest CSV, paired folders or a
+training pack: :mod:`crossct.train.records`) -> :class:`LabelledDataset` (images
 read and normalised once, targets from the :class:`~crossct.train.targets.TargetCache`, all held in
 memory) -> one augmented ``crop x crop`` item per index, drawn with an RNG keyed by
 ``(seed, epoch, index)`` -> a sampler whose weights keep the largest source from drowning the small
@@ -13,7 +13,7 @@ several times faster than float16 per crop), images with a single channel when t
 channels are equal, class maps as ``uint8``, and the instance labels as ``uint16`` (zoomed crops
 recompute their class map from them): 6 bytes per pixel for a grey image (the 685 training pairs of
 ``../shared/data``: 1,523 MB in all). Images used by both a labelled and an unlabelled dataset are
-held once (shared through a weak-value store).
+held once (shared through the weak-value store of :func:`~crossct.train.records.load_normalized`).
 
 Scale jitter (over cell sizes, see :class:`AugmentConfig`): the window cut from the image is
 ``crop / scale`` pixels and is resized to ``crop``:
@@ -33,16 +33,11 @@ tensors, so ``torch.utils.data.DataLoader`` (or ``monai.data.DataLoader``) batch
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
-import os
-import struct
 import time
-import weakref
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -50,22 +45,12 @@ import torch
 from torch.utils.data import Dataset, WeightedRandomSampler
 
 from ..config import NormalizeConfig
-from ..io import image_shape, list_images, output_name, read_image
-from ..normalize import normalize_image
 from ..size import median_diameter, resize_labels
-from .targets import TargetCache, class_map, read_label_file, remove_small_objects
+from .records import Record, quantise, read_record_label, record_hw, record_image
+from .targets import TargetCache, class_map, remove_small_objects
 
 __all__ = [
-    "Record",
     "AugmentConfig",
-    "read_manifest",
-    "data_records",
-    "read_record_image",
-    "read_record_label",
-    "record_image",
-    "paired_folder_records",
-    "unlabelled_records",
-    "load_normalized",
     "LabelledDataset",
     "UnlabelledDataset",
     "source_weights",
@@ -74,229 +59,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------- records
-@dataclass(frozen=True)
-class Record:
-    """One training image.
-
-    Attributes
-    ----------
-    image : image file.
-    label : instance label file (``None`` for unlabelled data).
-    source : data set it comes from (the unit of balanced sampling).
-    name : short identifier for logs.
-    split : ``"train"``, ``"val"``, ``"unlabelled"``, ...
-    archive : the training pack (:mod:`crossct.train.pack`) holding ``image`` and ``label`` as
-        members, or ``None`` for files.
-    """
-
-    image: Path
-    label: Path | None
-    source: str
-    name: str
-    split: str = "train"
-    archive: Path | None = None
-
-
-def data_records(data: str | os.PathLike, split: str | None) -> list[Record]:
-    """Labelled records of a data folder (its ``manifest.csv``) or of a training pack file."""
-    from .pack import is_pack, open_pack
-
-    data = Path(data)
-    if data.is_file() and is_pack(data):
-        return open_pack(data).records(split)
-    manifest = data / "manifest.csv" if data.is_dir() else data
-    if not manifest.is_file():
-        raise FileNotFoundError(f"{data}: neither a data folder with manifest.csv nor a training pack "
-                                "(pass --data DIR or FILE, or set CROSSCT_DATA)")
-    return read_manifest(manifest, split=split)
-
-
-def read_record_label(record: Record) -> tuple[np.ndarray, bytes]:
-    """(instance labels, the label file's bytes) of a labelled record, from a file or a pack."""
-    if record.label is None:
-        raise ValueError(f"{record.name}: record has no label")
-    if record.archive is not None:
-        from .pack import open_pack
-
-        data = open_pack(record.archive).read(str(record.label))
-    else:
-        data = Path(record.label).read_bytes()
-    return read_label_file(record.label, data), data
-
-
-def read_record_image(record: Record) -> np.ndarray:
-    """The image of a record as the inference pipeline takes it: the file as read by
-    :func:`crossct.io.read_image`, or a pack's stored (normalised, uint8) image."""
-    if record.archive is not None:
-        from .pack import open_pack
-
-        return open_pack(record.archive).image(record.image)
-    return read_image(record.image)
-
-
-def record_image(record: Record, normalize: NormalizeConfig = NormalizeConfig()) -> np.ndarray:
-    """The normalised, quantised image of a record (:func:`load_normalized`), from a file or a pack."""
-    if record.archive is None:
-        return load_normalized(record.image, normalize)
-    from .pack import open_pack
-
-    pack = open_pack(record.archive)
-    if pack.normalize != normalize:
-        raise ValueError(f"{record.archive}: packed with normalisation {pack.normalize}, training asks for {normalize}")
-    return pack.image(record.image)
-
-
-_MANIFEST_COLUMNS = ("image", "label", "source")
-
-
-def read_manifest(csv_path: str | os.PathLike, split: str | None = None) -> list[Record]:
-    """Records of a manifest CSV.
-
-    Parameters
-    ----------
-    csv_path : CSV with at least the columns ``image``, ``label``, ``source`` (and ``split`` when
-        filtering; ``name`` optional).  Paths are relative to the CSV's folder; an empty ``label``
-        cell means unlabelled.
-    split : keep only rows of this split (``None``: all rows).
-
-    Returns
-    -------
-    list of :class:`Record`, in file order.
-    """
-    csv_path = Path(csv_path)
-    base = csv_path.parent
-    with open(csv_path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        missing = [c for c in (*_MANIFEST_COLUMNS, *(("split",) if split is not None else ())) if c not in columns]
-        if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {missing}; found {columns}")
-        rows = list(reader)
-    records = []
-    for row in rows:
-        row_split = (row.get("split") or "").strip()
-        if split is not None and row_split != split:
-            continue
-        image = base / row["image"].strip()
-        label = base / row["label"].strip() if (row.get("label") or "").strip() else None
-        name = (row.get("name") or "").strip() or image.name.split(".")[0]
-        records.append(Record(image, label, row["source"].strip(), name, row_split))
-    if split is not None and not records:
-        found = sorted({(r.get("split") or "").strip() for r in rows})
-        logger.warning("%s: no rows with split %r (splits present: %s)", csv_path, split, found)
-    return records
-
-
-def paired_folder_records(images_dir: str | os.PathLike, labels_dir: str | os.PathLike,
-                          source: str | None = None, split: str = "train") -> list[Record]:
-    """Records of an ``images/`` folder with labels ``<stem>_label.tiff`` in ``labels_dir``.
-
-    Parameters
-    ----------
-    images_dir, labels_dir : the two folders.
-    source : source name (default: the folder holding ``images_dir`` when that is called
-        ``images``, else ``images_dir``'s own name).
-    split : split recorded in every record.
-
-    Raises
-    ------
-    FileNotFoundError
-        When an image has no label file (all missing ones are named, not skipped silently).
-    """
-    images_dir, labels_dir = Path(images_dir), Path(labels_dir)
-    if source is None:
-        source = images_dir.parent.name if images_dir.name.lower() == "images" else images_dir.name
-    records, missing = [], []
-    for image in list_images(images_dir):
-        label = labels_dir / output_name(image)
-        if not label.is_file():
-            missing.append(label.name)
-            continue
-        records.append(Record(image, label, source, image.name.split(".")[0], split))
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} image(s) in {images_dir} have no label in {labels_dir}: "
-            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-    return records
-
-
-def unlabelled_records(folder_or_folders: str | os.PathLike | Iterable[str | os.PathLike],
-                       split: str = "unlabelled") -> list[Record]:
-    """Records (``label=None``) of every image directly inside one or several folders.
-
-    The source of each record is its folder's name.
-    """
-    if isinstance(folder_or_folders, (str, os.PathLike)):
-        folders = [Path(folder_or_folders)]
-    else:
-        folders = [Path(f) for f in folder_or_folders]
-    records = []
-    for folder in folders:
-        if not folder.is_dir():
-            raise FileNotFoundError(f"unlabelled folder {folder} does not exist")
-        records += [Record(p, None, folder.name, p.name.split(".")[0], split) for p in list_images(folder)]
-    return records
-
-
-# ----------------------------------------------------------------------------- images in memory
-# Normalised images by (file, size, mtime, normalisation): a labelled and an unlabelled dataset
-# built from the same files share one array, and it is freed with the last dataset holding it.
-_IMAGE_STORE: "weakref.WeakValueDictionary[tuple, np.ndarray]" = weakref.WeakValueDictionary()
-
-
-def load_normalized(path: str | os.PathLike, normalize: NormalizeConfig = NormalizeConfig()) -> np.ndarray:
-    """Read and normalise an image, quantised for keeping in memory.
-
-    Parameters
-    ----------
-    path : image file.
-    normalize : percentile normalisation (:func:`crossct.normalize.normalize_image`).
-
-    Returns
-    -------
-    (H, W, C) uint8 with C = 1 (the three normalised channels are equal) or 3; value / 255 is the
-    normalised intensity.  Treat it as read-only: the array may be shared.
-    """
-    path = Path(path)
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, normalize)
-    cached = _IMAGE_STORE.get(key)
-    if cached is not None:
-        return cached
-    image = normalize_image(read_image(path), normalize)
-    if np.array_equal(image[:, :, 0], image[:, :, 1]) and np.array_equal(image[:, :, 0], image[:, :, 2]):
-        image = image[:, :, :1]
-    quantised = _quantise(image)
-    quantised.flags.writeable = False
-    _IMAGE_STORE[key] = quantised
-    return quantised
-
-
-def _quantise(unit: np.ndarray) -> np.ndarray:
-    """[0, 1] floats -> contiguous uint8 (value / 255), the in-memory form of images and distances."""
-    return np.ascontiguousarray(np.clip(np.rint(np.asarray(unit, np.float32) * np.float32(255.0)), 0, 255), np.uint8)
-
-
-def _record_hw(record: Record) -> tuple[int, int]:
-    if record.archive is not None:
-        from .pack import open_pack
-
-        return open_pack(record.archive).shape(record.image)
-    return _image_hw(Path(record.image))
-
-
-def _image_hw(path: Path) -> tuple[int, int]:
-    """(H, W) from the file header where cheap (PNG, TIFF), else by decoding."""
-    if path.suffix.lower() == ".png":
-        with open(path, "rb") as fh:
-            head = fh.read(24)
-        if len(head) == 24 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-            width, height = struct.unpack(">II", head[16:24])
-            return int(height), int(width)
-    return image_shape(path)
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -536,7 +298,7 @@ class LabelledDataset(_EpochSeeded):
                                  f"{record.image} shape {image.shape[:2]}")
             self.images.append(image)
             self.classes.append(np.ascontiguousarray(classes, np.uint8))
-            self.distances.append(_quantise(np.moveaxis(distances, 0, -1)))
+            self.distances.append(quantise(np.moveaxis(distances, 0, -1)))
         self.shapes = [c.shape for c in self.classes]
         logger.info("labelled dataset: %d images, %.0f MB in memory, %d targets computed, %.1f s",
                     len(self.records), self.nbytes / 2**20, cache.misses - misses, time.perf_counter() - start)
@@ -654,7 +416,7 @@ def source_weights(records: Sequence[Record], alpha: float = 0.5, *, shapes: Seq
     if max_area_factor < 1.0:
         raise ValueError(f"max_area_factor must be >= 1, got {max_area_factor}")
     if shapes is None:
-        shapes = [_record_hw(r) for r in records]
+        shapes = [record_hw(r) for r in records]
     if len(shapes) != len(records):
         raise ValueError(f"{len(shapes)} shapes for {len(records)} records")
     counts: dict[str, int] = {}

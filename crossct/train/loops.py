@@ -36,21 +36,18 @@ from ..nets import FULLY_CONVOLUTIONAL, build_network, with_probabilities
 from .budget import PROBE_SKIP, PROBE_STEPS, StepPlan, TimeAccount, plan_steps, replan_steps
 from .checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from .config import TrainConfig
+from .data import AugmentConfig, LabelledDataset, UnlabelledDataset, collate, source_weights
 from .losses import CrossTeachingLoss, SupervisedLoss, consistency_weight
+from .records import (Record, data_records, default_data_dir, folder_unlabelled_records, paired_folder_records,
+                      read_record_image, read_record_label, unlabelled_records)
+from .targets import TargetCache, prepare_all
 
-__all__ = ["Role", "Distributed", "train", "evaluate", "ModulePredictor", "default_data_dir"]
+__all__ = ["Role", "Distributed", "train", "evaluate", "ModulePredictor"]
 
 logger = logging.getLogger(__name__)
 
 MODEL_SPECS = {"unet": UNET_PAPER, "resunet": RESUNET_PAPER, "unetr": UNETR_PAPER, "swin": SWIN_UNETR_PAPER,
                "swin-lite": SWIN_UNETR_LITE}
-
-
-def default_data_dir() -> Path:
-    env = os.environ.get("CROSSCT_DATA")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -225,8 +222,6 @@ class StepBatches:
     def batch(self, step: int) -> dict[str, Any]:
         chosen = self.indices(step)
         slots = range(self.dist.rank * self.batch_size, (self.dist.rank + 1) * self.batch_size)
-        from .data import collate
-
         return collate([self.dataset.sample(int(chosen[s]), np.random.default_rng([self.seed, self.stream, step, s]))
                         for s in slots])
 
@@ -324,8 +319,6 @@ def round_robin(records: list, limit: int = 0) -> list:
 
 def load_val_items(records, limit: int = 0) -> list[dict[str, Any]]:
     """Read validation images and labels once; ``limit`` picks images round-robin over sources."""
-    from .data import read_record_image, read_record_label
-
     ordered = round_robin(records, limit)
     return [{"image": read_record_image(r), "label": read_record_label(r)[0], "source": r.source, "name": r.name}
             for r in ordered]
@@ -398,58 +391,51 @@ _DATASETS: dict[tuple, Any] = {}
 
 def split_records(cfg: TrainConfig) -> tuple[list, list]:
     """(train records, val records) of the data the settings name."""
-    from . import data as D
-
     if cfg.images_dir:
-        train_records = D.paired_folder_records(Path(cfg.images_dir), Path(cfg.labels_dir))
-        val_records: list = (D.paired_folder_records(Path(cfg.val_images_dir), Path(cfg.val_labels_dir))
+        train_records = paired_folder_records(Path(cfg.images_dir), Path(cfg.labels_dir))
+        val_records: list = (paired_folder_records(Path(cfg.val_images_dir), Path(cfg.val_labels_dir))
                              if cfg.val_images_dir else [])
         return train_records, val_records
     data_dir = Path(cfg.data) if cfg.data else default_data_dir()
     source = Path(cfg.manifest) if cfg.manifest else data_dir
-    return D.data_records(source, split="train"), D.data_records(source, split="val")
+    return data_records(source, split="train"), data_records(source, split="val")
 
 
 def _build_data(cfg: TrainConfig, dist: Distributed):
-    from . import data as D
-    from .targets import TargetCache
-
     data_dir = Path(cfg.data) if cfg.data else default_data_dir()
     train_records, val_records = split_records(cfg)
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else Path.home() / ".cache" / "crossct" / "targets"
-    augmentation = D.AugmentConfig(scale=(1.0 / cfg.zoom_max, cfg.zoom_max), p_scale=cfg.p_zoom,
-                                   diameter=(cfg.zoom_min_diameter, cfg.zoom_max_diameter), p_colour=cfg.p_colour)
+    augmentation = AugmentConfig(scale=(1.0 / cfg.zoom_max, cfg.zoom_max), p_scale=cfg.p_zoom,
+                                 diameter=(cfg.zoom_min_diameter, cfg.zoom_max_diameter), p_colour=cfg.p_colour)
     key = (tuple(train_records), str(cache_root), cfg.crop, cfg.seed, augmentation)
     labelled = _DATASETS.get(key)
     if labelled is None:
         from ..predictors import available_cpus
-        from .targets import prepare_all
 
         # Targets missing from the cache are computed on every core first (a minute on one core
         # for ../shared/data); the dataset then reads them all from the cache.
         if available_cpus() > 1:
             prepare_all(train_records, cache_root, workers=min(16, available_cpus()))
-        labelled = D.LabelledDataset(train_records, TargetCache(cache_root), crop=cfg.crop, augment=True,
-                                     seed=cfg.seed, augmentation=augmentation)
+        labelled = LabelledDataset(train_records, TargetCache(cache_root), crop=cfg.crop, augment=True,
+                                   seed=cfg.seed, augmentation=augmentation)
         _DATASETS.clear()  # one kept: the stages of `crossct.train full` share it
         _DATASETS[key] = labelled
-    batches = {"labelled": StepBatches(labelled, D.source_weights(train_records, cfg.source_alpha, shapes=labelled.shapes),
+    batches = {"labelled": StepBatches(labelled, source_weights(train_records, cfg.source_alpha, shapes=labelled.shapes),
                                        cfg.batch_size, cfg.seed, 1, dist)}
     if cfg.mode == "cross-teach":
         if cfg.unlabelled:
-            unl_records = D.unlabelled_records([Path(u) for u in cfg.unlabelled])
+            unl_records = unlabelled_records([Path(u) for u in cfg.unlabelled])
         elif data_dir.is_file():  # a training pack: its unlabelled images
-            unl_records = D.data_records(data_dir, split="unlabelled")
+            unl_records = data_records(data_dir, split="unlabelled")
         else:
-            folders = sorted(p for p in (data_dir / "unlabeled").glob("*") if p.is_dir())
-            unl_records = D.unlabelled_records(folders) if folders else []
+            unl_records = folder_unlabelled_records(data_dir)
         if cfg.labelled_as_unlabelled:
-            unl_records = unl_records + [D.Record(r.image, None, r.source, r.name, r.split, r.archive) for r in train_records]
+            unl_records = unl_records + [Record(r.image, None, r.source, r.name, r.split, r.archive) for r in train_records]
         if not unl_records:
             raise ValueError("cross-teach found no unlabelled images (--unlabelled DIR ...)")
-        unlabelled = D.UnlabelledDataset(unl_records, crop=cfg.crop, augment=True, seed=cfg.seed)
-        batches["unlabelled"] = StepBatches(unlabelled, D.source_weights(unl_records, cfg.unlabelled_source_alpha,
-                                                                         shapes=unlabelled.shapes),
+        unlabelled = UnlabelledDataset(unl_records, crop=cfg.crop, augment=True, seed=cfg.seed)
+        batches["unlabelled"] = StepBatches(unlabelled, source_weights(unl_records, cfg.unlabelled_source_alpha,
+                                                                       shapes=unlabelled.shapes),
                                             cfg.unlabelled_batch_size, cfg.seed, 2, dist)
     return batches, val_records
 

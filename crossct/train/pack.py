@@ -7,7 +7,7 @@ deflated: they are compressed already):
 - ``pack.json``: format, normalisation, per-source encoding and its measured error;
 - ``manifest.csv``: the manifest's columns, ``image`` / ``label`` naming members of the pack;
 - ``images/<source>/<name>.png|.webp``: the image *as training holds it in memory*, i.e. after
-  percentile normalisation and quantisation to uint8 (:func:`crossct.train.data.load_normalized`),
+  percentile normalisation and quantisation to uint8 (:func:`crossct.train.records.load_normalized`),
   grey kept as one channel; in WebP, images of separate markers as stacked grey planes
   (:func:`layout`);
 - ``labels/<source>/<name>_label.tiff``: the instance labels, lossless (LZMA TIFF: 20-30 %
@@ -17,8 +17,9 @@ deflated: they are compressed already):
 Images are stored losslessly (PNG) when everything fits the size budget; otherwise every image is
 re-encoded as WebP at the highest quality (one quality for the whole pack) that fits, and
 ``pack.json`` records the mean and worst absolute error and the PSNR per source.  Training from a
-pack runs the same code as from a folder (:mod:`crossct.train.data` reads :class:`Record` s whose
-``archive`` is the pack): only the decoding of the pixels differs.  Labels are exact.
+pack runs the same code as from a folder (:mod:`crossct.train.records` reads the pack, as
+:class:`~crossct.train.records.Record` s whose ``archive`` is the pack): only the decoding of the
+pixels differs.  Labels are exact.
 
 Validation images are also stored normalised: the inference pipeline normalises them once more
 (the percentile stretch of an already stretched image is close to the identity; the model card
@@ -32,7 +33,6 @@ import io
 import json
 import logging
 import os
-import threading
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
@@ -42,23 +42,15 @@ import cv2
 import numpy as np
 
 from ..config import NormalizeConfig
+from .records import (PACK_FORMAT, decode_image, default_data_dir, folder_unlabelled_records, load_normalized, read_label_file,
+                      read_manifest)
 
-__all__ = ["PACK_FORMAT", "write_pack", "Pack", "open_pack", "is_pack"]
+__all__ = ["write_pack", "layout", "pack_main"]
 
 logger = logging.getLogger(__name__)
 
-PACK_FORMAT = "crossct-pack-1"
 # WebP qualities tried, best first, when the lossless pack is over budget.
 QUALITIES = (98, 95, 92, 90, 87, 85, 82, 80, 75, 70, 60, 50)
-
-
-def is_pack(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a file written by :func:`write_pack` (a ZIP holding ``pack.json``)."""
-    path = Path(path)
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as zf:
-        return "pack.json" in zf.namelist()
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -94,18 +86,6 @@ def _encode_webp(image: np.ndarray, quality: int) -> bytes:
     return buf.tobytes()
 
 
-def decode_image(data: bytes, channels: int, image_layout: str = "") -> np.ndarray:
-    """Bytes of a pack image -> (H, W, channels) uint8 (channel order as stored)."""
-    planes = image_layout == "planes"
-    flag = cv2.IMREAD_GRAYSCALE if channels == 1 or planes else cv2.IMREAD_COLOR
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    if image is None:
-        raise ValueError("not a decodable PNG/WebP image")
-    if planes:
-        return np.stack(np.split(image, channels, axis=0), axis=-1)
-    return image.reshape(image.shape[0], image.shape[1], channels)
-
-
 def _encode_labels(labels: np.ndarray) -> bytes:
     import tifffile
 
@@ -118,13 +98,10 @@ def _encode_labels(labels: np.ndarray) -> bytes:
 # ----------------------------------------------------------------------------- writing
 def _entries(data_dir: Path) -> list[dict[str, Any]]:
     """Every labelled row of the manifest and every unlabelled image, in a stable order."""
-    from .data import read_manifest, unlabelled_records
-
     entries = []
     for r in read_manifest(data_dir / "manifest.csv"):
         entries.append({"record": r, "image": f"images/{r.source}/{r.name}", "label": f"labels/{r.source}/{r.name}_label.tiff"})
-    folders = sorted(p for p in (data_dir / "unlabeled").glob("*") if p.is_dir()) if (data_dir / "unlabeled").is_dir() else []
-    for r in unlabelled_records(folders) if folders else []:
+    for r in folder_unlabelled_records(data_dir):
         entries.append({"record": r, "image": f"unlabeled/{r.source}/{r.name}", "label": None})
     return entries
 
@@ -141,9 +118,6 @@ def write_pack(data_dir: str | os.PathLike, out: str | os.PathLike, budget_mib: 
     normalize : the normalisation applied before storing (the training default).
     lossless : force lossless (True) or lossy (False) images; default: lossless when it fits.
     """
-    from .data import load_normalized
-    from .targets import read_label_file
-
     data_dir, out = Path(data_dir), Path(out)
     entries = _entries(data_dir)
     if not entries:
@@ -221,91 +195,9 @@ def write_pack(data_dir: str | os.PathLike, out: str | os.PathLike, budget_mib: 
     return info
 
 
-# ----------------------------------------------------------------------------- reading
-class Pack:
-    """Read access to a pack: its manifest as :class:`~crossct.train.data.Record` s, images, labels.
-
-    Thread-safe (one ZIP handle behind a lock); members are read on demand.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path).resolve()
-        try:
-            self._zip = zipfile.ZipFile(self.path)
-            self.info = json.loads(self._zip.read("pack.json"))
-        except (OSError, KeyError, zipfile.BadZipFile, ValueError) as exc:
-            raise ValueError(f"{path}: not a CrossCT training pack ({exc})") from exc
-        if self.info.get("format") != PACK_FORMAT:
-            raise ValueError(f"{path}: pack format {self.info.get('format')!r}, this crossct reads {PACK_FORMAT!r}")
-        self.normalize = NormalizeConfig(**self.info["normalize"])
-        self._lock = threading.Lock()
-        self.rows = list(csv.DictReader(io.StringIO(self.read("manifest.csv").decode())))
-        self._channels = {row["image"]: (int(row["channels"]), row.get("layout", "")) for row in self.rows}
-
-    def read(self, member: str) -> bytes:
-        with self._lock:
-            try:
-                return self._zip.read(member)
-            except KeyError:
-                raise FileNotFoundError(f"{self.path}: no member {member!r}") from None
-
-    def records(self, split: str | None = None) -> list:
-        """Labelled records (``split`` as in the manifest, or all), or the unlabelled ones with
-        ``split="unlabelled"``; each names this pack as its ``archive``."""
-        from .data import Record
-
-        out = []
-        for row in self.rows:
-            if split is not None and row["split"] != split:
-                continue
-            if split is None and not row["label"]:
-                continue
-            out.append(Record(Path(row["image"]), Path(row["label"]) if row["label"] else None, row["source"],
-                              row["name"], row["split"], archive=self.path))
-        return out
-
-    def image(self, member: str | os.PathLike) -> np.ndarray:
-        """(H, W, C) uint8 normalised image, C = 1 or 3 (read-only)."""
-        member = str(member)
-        image = decode_image(self.read(member), *self._channels[member])
-        image.flags.writeable = False
-        return image
-
-    def shape(self, member: str | os.PathLike) -> tuple[int, int]:
-        row = next(r for r in self.rows if r["image"] == str(member))
-        return int(row["height"]), int(row["width"])
-
-
-_PACKS: dict[Path, Pack] = {}
-_PACKS_LOCK = threading.Lock()
-
-
-def _forget_packs_after_fork() -> None:
-    # A forked child (the target-building pool, loader workers) inherits the parent's open ZIP
-    # handles, and with them one file offset shared with the parent and every other child: reads
-    # through them race (seen as "Bad CRC-32").  Each process opens its own.
-    global _PACKS_LOCK
-    _PACKS.clear()
-    _PACKS_LOCK = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_packs_after_fork)
-
-
-def open_pack(path: str | os.PathLike) -> Pack:
-    """The :class:`Pack` of ``path``, opened once per process."""
-    key = Path(path).resolve()
-    with _PACKS_LOCK:
-        if key not in _PACKS:
-            _PACKS[key] = Pack(key)
-        return _PACKS[key]
-
-
 def pack_main(argv: Iterable[str] | None = None) -> int:
     """``python -m crossct.train pack --data DIR --out FILE``."""
     import argparse
-
-    from .loops import default_data_dir
 
     p = argparse.ArgumentParser(prog="python -m crossct.train pack", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)

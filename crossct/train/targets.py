@@ -21,7 +21,6 @@ written atomically.  :func:`prepare_all` fills the cache in parallel.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import os
 import uuid
@@ -35,6 +34,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
+from .records import read_label_file, read_record_label
+
 __all__ = [
     "TARGETS_VERSION",
     "MIN_OBJECT_SIZE",
@@ -46,7 +47,6 @@ __all__ = [
     "class_map",
     "distance_maps",
     "remove_small_objects",
-    "read_label_file",
     "TargetCache",
     "prepare_all",
 ]
@@ -226,35 +226,6 @@ def make_targets(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- cache
-def read_label_file(path: str | os.PathLike, data: bytes | None = None) -> np.ndarray:
-    """Read an instance label file as a 2-D integer array.
-
-    Parameters
-    ----------
-    path : label image (TIFF as written by the challenge, or any format :func:`crossct.io.read_image` reads).
-    data : the file's bytes, when already in memory (avoids a second read).
-
-    Returns
-    -------
-    (H, W) integer array.
-    """
-    path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
-        array = tifffile.imread(io.BytesIO(data) if data is not None else path)
-    else:
-        from ..io import read_image
-
-        array = read_image(path)
-    squeezed = np.squeeze(np.asarray(array))
-    if squeezed.ndim != 2:
-        raise ValueError(f"{path}: label image must be 2-D, got shape {np.shape(array)}")
-    if not np.issubdtype(squeezed.dtype, np.integer):
-        raise ValueError(f"{path}: label image must hold integers, got dtype {squeezed.dtype}")
-    return squeezed
-
-
 class TargetCache:
     """Targets computed once per label file content and kept as ``.npz`` files.
 
@@ -361,8 +332,6 @@ class TargetCache:
 def _ensure_one(args: tuple[str, Any]) -> bool:
     root, record = args
     if getattr(record, "archive", None) is not None:  # a training pack's member
-        from .data import read_record_label
-
         return TargetCache(root).ensure(record.label, read_record_label(record)[1])
     return TargetCache(root).ensure(record.label)
 
@@ -372,7 +341,7 @@ def prepare_all(records: Iterable[Any], cache_root: str | os.PathLike, workers: 
 
     Parameters
     ----------
-    records : objects with a ``label`` attribute (path or None, e.g. :class:`crossct.train.data.Record`);
+    records : objects with a ``label`` attribute (path or None, e.g. :class:`crossct.train.records.Record`);
         records without a label are skipped.
     cache_root : :class:`TargetCache` folder.
     workers : processes (default: all CPUs; 0 or 1 computes in this process).

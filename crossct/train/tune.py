@@ -130,7 +130,7 @@ def tune_size(predictor, items: list[dict[str, Any]], spec) -> tuple[Any, dict[s
 def cache_outputs(predictor, records) -> list[dict[str, Any]]:
     """Run the network once per validation image; keep outputs and labels in memory."""
     from ..pipeline import predict_outputs
-    from .data import read_record_image, read_record_label
+    from .records import read_record_image, read_record_label
 
     cached = []
     for r in records:
@@ -158,8 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..config import load_spec, save_spec
     from ..predictors import load_predictor
     from ..tta import with_test_time
-    from .data import data_records
-    from .loops import balanced_f1, default_data_dir
+    from .loops import balanced_f1
+    from .records import data_records, default_data_dir
 
     data = Path(args.data) if args.data else default_data_dir()
     records = data_records(data, split=args.split)
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "after": {"postprocess": dataclasses.asdict(best), **summary}}
     size = predictor.spec.size
     if args.size:
-        from .data import read_record_image, read_record_label
+        from .records import read_record_image, read_record_label
 
         items = [{"image": read_record_image(r), "label": read_record_label(r)[0], "source": r.source} for r in records]
         tuned_spec = predictor.spec.replace(postprocess=best,
