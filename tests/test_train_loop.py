@@ -14,7 +14,7 @@ import torch
 from conftest import training_folders
 from crossct.train.checkpoint import load_checkpoint
 from crossct.train.config import TrainConfig
-from crossct.train.data import paired_folder_records
+from crossct.train.records import paired_folder_records
 from crossct.train.loops import train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -67,8 +67,7 @@ def training_record(checkpoint: str | Path, step: int | None, role: str | None =
 
 def data_sources(config: dict[str, Any]) -> list[str] | None:
     """The sources of the training split the run read (None when its data is no longer there)."""
-    from .data import data_records, paired_folder_records
-    from .loops import default_data_dir
+    from .records import data_records, default_data_dir, paired_folder_records
 
     try:
         if config.get("images_dir"):
