@@ -11,6 +11,9 @@
 # CROSSCT_LONG_STEPS (10000), CROSSCT_LONG_SEED (0), CROSSCT_DATA (../shared/data), and
 # CROSSCT_LONG_FLAGS: more training flags, e.g. "--threads 1" while other work shares the cores (two
 # processes each running one thread per core slow each other several times over).
+# CROSSCT_LONG_ARMS ("control crossct"): which arms this call works on, in order; an arm that another
+# call is running (its lock RUN_ROOT/NAME.lock is held) is skipped, so two calls may run the two arms
+# side by side, one core each (CROSSCT_LONG_FLAGS="--threads 1").
 # `python -m crossct.train status RUN_ROOT/*` tells where each arm stands.
 set -euo pipefail
 root=${1:?usage: scripts/long_run.sh RUN_ROOT START_CNN PARTNER [MINUTES]}
@@ -31,9 +34,18 @@ arm() {  # arm NAME MODE ARGS...: run or resume one arm within what is left of t
         echo "$name: done"; return 0
     fi
     if [ "$left" -lt 5 ]; then echo "$name: no time left in this period"; return 0; fi
+    mkdir -p "$root"
+    exec {lock}>"$root/$name.lock"
+    if ! flock -n "$lock"; then echo "$name: running in another call"; exec {lock}>&-; return 0; fi
     local resume=(); [ -f "$dir/last.pt" ] && resume=(--resume)
     python3 -m crossct.train "$mode" --run-dir "$dir" "${common[@]}" "$@" "${resume[@]}" \
         --stop-after-minutes "$left" 2>&1 | tee -a "$root/$name.log"
+    exec {lock}>&-
 }
-arm control supervised --model unet --init "$start"
-arm crossct cross-teach --cnn "$start" --transformer "$partner" --unlabelled-batch-size 8
+for name in ${CROSSCT_LONG_ARMS:-control crossct}; do
+    case $name in
+        control) arm control supervised --model unet --init "$start" ;;
+        crossct) arm crossct cross-teach --cnn "$start" --transformer "$partner" --unlabelled-batch-size 8 ;;
+        *) echo "CROSSCT_LONG_ARMS: unknown arm '$name' (control, crossct)" >&2; exit 2 ;;
+    esac
+done
