@@ -50,11 +50,14 @@ def test_supervised_run_writes_logs_checkpoints_and_a_best_model(synthetic, tmp_
     assert last["step"] == 4 and {"model", "optimizer", "scheduler"} <= last["roles"]["unet"].keys()
 
 
-def test_resumed_run_matches_an_uninterrupted_one(synthetic, tmp_path):
+# Stopped by a step count, or by a wall-clock limit already passed after the first step (a work
+# period's end): either way last.pt is written, and the resumed run ends where the straight one did.
+@pytest.mark.parametrize("stop, stopped_at", [({"stop_after": 3}, 3), ({"stop_after_minutes": 1e-6}, 1)])
+def test_resumed_run_matches_an_uninterrupted_one(synthetic, tmp_path, stop, stopped_at):
     train(_cfg(synthetic, tmp_path / "straight", steps=6))
-    stopped = train(_cfg(synthetic, tmp_path / "resumed", steps=6, stop_after=3))
-    assert stopped == {"stopped_at": 3}
-    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 3
+    stopped = train(_cfg(synthetic, tmp_path / "resumed", steps=6, **stop))
+    assert stopped == {"stopped_at": stopped_at}
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == stopped_at
     train(_cfg(synthetic, tmp_path / "resumed", steps=6), resume=True)
     a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "resumed" / "last.pt")
     for key, value in a["unet"]["model"].items():
@@ -150,19 +153,6 @@ def test_sigterm_stops_after_the_step_with_a_checkpoint_and_the_run_resumes(synt
     assert 25 <= stopped < 100000  # at least the logged steps, saved although no timed checkpoint was due
     train(_cfg(synthetic, run, steps=stopped + 2), resume=True, overrides={"steps": stopped + 2})
     assert load_checkpoint(run / "last.pt")["step"] == stopped + 2
-
-
-def test_stop_after_minutes_stops_cleanly_and_the_resumed_run_matches(synthetic, tmp_path):
-    train(_cfg(synthetic, tmp_path / "straight", steps=4))
-    # A limit already passed after the first step: the process stops there, with last.pt written.
-    stopped = train(_cfg(synthetic, tmp_path / "period", steps=4, stop_after_minutes=1e-6))
-    assert stopped == {"stopped_at": 1}
-    assert load_checkpoint(tmp_path / "period" / "last.pt")["step"] == 1
-    # The next work period resumes (without the limit) and ends where the straight run did.
-    train(_cfg(synthetic, tmp_path / "period", steps=4), resume=True)
-    a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(tmp_path / "period" / "last.pt")
-    for key, value in a["unet"]["model"].items():
-        assert torch.equal(value, b["unet"]["model"][key]), key
 
 
 def test_cpu_amp_trains_in_bfloat16_on_the_cpu(synthetic, tmp_path):
