@@ -212,3 +212,20 @@ def test_status_tells_where_a_stopped_run_stands(synthetic, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert f"| {run} | supervised unet | 4 | 6 | 2 |" in out
     assert f"{tmp_path / 'missing'}: no config.json" in err
+
+
+def test_every_checkpoint_writes_the_pace_so_far(synthetic, tmp_path, monkeypatch):
+    from crossct.train import loops
+
+    reports = []
+    original = loops._write_time_report
+
+    def spy(account, run_dir, dist, step, steps, *args, quiet=False):
+        reports.append((step, steps, quiet))
+        return original(account, run_dir, dist, step, steps, *args, quiet=quiet)
+
+    monkeypatch.setattr(loops, "_write_time_report", spy)
+    train(_cfg(synthetic, tmp_path / "run", steps=4, checkpoint_every=2))
+    # Quietly with the checkpoints at steps 2 and 4 (and the final one), then the final report.
+    assert reports[:2] == [(2, 2, True), (4, 4, True)] and reports[-1] == (4, 4, False)
+    assert json.loads((tmp_path / "run" / "time_report.json").read_text())["final_step"] == 4

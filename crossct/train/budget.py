@@ -72,7 +72,9 @@ class TimeAccount:
 
     def write(self, path: Path, **extra: Any) -> dict[str, Any]:
         report = self.report(**extra)
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        tmp = path.with_name(path.name + ".tmp")  # replaced whole: a reader never sees half a report
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(path)
         return report
 
 

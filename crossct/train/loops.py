@@ -602,6 +602,8 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
             with account.timed("checkpoint"):
                 save_checkpoint(last, {**_training_state(step, roles, cfg, history, val_split),
                                        "budget_used_s": budget_used + account.elapsed})
+            # The pace so far, beside the checkpoint: `crossct.train status` reads it while the run goes on.
+            _write_time_report(account, run_dir, dist, step, steps_this_run, budget, cfg, workers, amp, quiet=True)
 
     last_validated = -1
 
@@ -746,7 +748,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
 
 
 def _write_time_report(account: TimeAccount, run_dir: Path, dist: Distributed, step: int, steps: int,
-                       budget: float | None, cfg: TrainConfig, workers: int, amp: bool) -> None:
+                       budget: float | None, cfg: TrainConfig, workers: int, amp: bool, quiet: bool = False) -> None:
     if not dist.main:
         return
     compute = account.seconds.get("compute", 0.0)
@@ -761,6 +763,8 @@ def _write_time_report(account: TimeAccount, run_dir: Path, dist: Distributed, s
         extra["gpu"] = torch.cuda.get_device_name(dist.device)
         extra["gpu_peak_memory_gib"] = round(torch.cuda.max_memory_allocated(dist.device) / 2**30, 2)
     report = account.write(run_dir / "time_report.json", **extra)
+    if quiet:
+        return
     seconds = report["seconds"]
     logger.info("time: %.0f s wall = %s; waiting for data %.1f %% of training time",
                 report["wall_seconds"], ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),

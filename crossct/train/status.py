@@ -1,8 +1,8 @@
 """``python -m crossct.train status RUN [RUN ...]``: where each training run stands.
 
 One line per run folder: mode, networks, steps done of steps planned, steps left and the time they
-will take at the run's own measured pace (``time_report.json``), and the best validation so far
-(``val_log.csv``).  It reads ``last.pt`` for the step, so it is right even after a run was killed;
+will take at the run's own measured pace (``time_report.json``, written with every checkpoint),
+and the best validation so far (``val_log.csv``).  It reads ``last.pt`` for the step, so it is right even after a run was killed;
 it writes nothing, and a run may be training while it reads.
 """
 
