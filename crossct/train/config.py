@@ -60,7 +60,7 @@ class TrainConfig:
     lr_batch: int = _help("the global batch that --lr is given for", default=8)
     device: Device = _help("where to train: auto (CUDA when available), cpu or cuda", default="auto")
     amp: bool = _help("bf16 autocast on CUDA", default=True)
-    cpu_amp: bool = _help("bf16 autocast on the CPU too: on CPUs with AVX-512 BF16 / AMX about 1.7x faster steps "
+    cpu_amp: bool = _help("bf16 autocast on the CPU too: on CPUs with AVX-512 BF16 / AMX a U-Net step about 2x faster "
                           "(benchmarks/bench_partner.py); off by default, so earlier float32 runs resume unchanged",
                           default=False)
     weight_decay: float = _help("AdamW weight decay", default=1e-4)

@@ -67,14 +67,11 @@ def training_record(checkpoint: str | Path, step: int | None, role: str | None =
 
 def data_sources(config: dict[str, Any]) -> list[str] | None:
     """The sources of the training split the run read (None when its data is no longer there)."""
-    from .records import data_records, default_data_dir, paired_folder_records
+    from .config import TrainConfig
+    from .loops import split_records  # the run's own way to find its records
 
     try:
-        if config.get("images_dir"):
-            records = paired_folder_records(Path(config["images_dir"]), Path(config["labels_dir"]))
-        else:
-            data = Path(config.get("manifest") or config.get("data") or default_data_dir())
-            records = data_records(data, split="train")
+        records = split_records(TrainConfig.from_dict(config))[0]
     except (OSError, ValueError) as exc:
         logger.info("training data not readable (%s): data sources not recorded", exc)
         return None
