@@ -10,7 +10,9 @@
 # written; the next call resumes exactly where it stopped (finished arms are skipped).  Settings:
 # CROSSCT_LONG_STEPS (10000), CROSSCT_LONG_SEED (0), CROSSCT_DATA (../shared/data), and
 # CROSSCT_LONG_FLAGS: more training flags, e.g. "--threads 1" while other work shares the cores (two
-# processes each running one thread per core slow each other several times over).
+# processes each running one thread per core slow each other several times over); they come last, so
+# they override the settings above (on a GPU host, e.g. "--batch-size 32 --no-cpu-amp --num-workers -1"
+# with CROSSCT_LONG_UNLABELLED_BATCH=32, the cross-teaching arm's unlabelled batch, default 8).
 # CROSSCT_LONG_ARMS ("control crossct"): which arms this call works on, in order; an arm that another
 # call is running (its lock RUN_ROOT/NAME.lock is held) is skipped, so two calls may run the two arms
 # side by side, one core each (CROSSCT_LONG_FLAGS="--threads 1").
@@ -24,8 +26,7 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 deadline=$(( $(date +%s) + ${minutes%.*} * 60 ))
 common=(--data "${CROSSCT_DATA:-../shared/data}" --steps "${CROSSCT_LONG_STEPS:-10000}" --seed "${CROSSCT_LONG_SEED:-0}"
-        --lr 5e-4 --warmup-steps 25 --batch-size 8 --cpu-amp --val-every 2000 --checkpoint-minutes 5
-        ${CROSSCT_LONG_FLAGS:-})
+        --lr 5e-4 --warmup-steps 25 --batch-size 8 --cpu-amp --val-every 2000 --checkpoint-minutes 5)
 
 arm() {  # arm NAME MODE ARGS...: run or resume one arm within what is left of the minutes
     local name=$1 mode=$2; shift 2
@@ -33,19 +34,19 @@ arm() {  # arm NAME MODE ARGS...: run or resume one arm within what is left of t
     if [ -f "$dir/time_report.json" ] && python3 -c "import json,sys; r=json.load(open('$dir/time_report.json')); c=json.load(open('$dir/config.json')); sys.exit(r['final_step'] < c['steps'])"; then
         echo "$name: done"; return 0
     fi
-    if [ "$left" -lt 5 ]; then echo "$name: no time left in this period"; return 0; fi
+    if [ "$left" -lt 2 ]; then echo "$name: no time left in this period"; return 0; fi
     mkdir -p "$root"
     exec {lock}>"$root/$name.lock"
     if ! flock -n "$lock"; then echo "$name: running in another call"; exec {lock}>&-; return 0; fi
     local resume=(); [ -f "$dir/last.pt" ] && resume=(--resume)
-    python3 -m crossct.train "$mode" --run-dir "$dir" "${common[@]}" "$@" "${resume[@]}" \
+    python3 -m crossct.train "$mode" --run-dir "$dir" "${common[@]}" "$@" ${CROSSCT_LONG_FLAGS:-} "${resume[@]}" \
         --stop-after-minutes "$left" 2>&1 | tee -a "$root/$name.log"
     exec {lock}>&-
 }
 for name in ${CROSSCT_LONG_ARMS:-control crossct}; do
     case $name in
         control) arm control supervised --model unet --init "$start" ;;
-        crossct) arm crossct cross-teach --cnn "$start" --transformer "$partner" --unlabelled-batch-size 8 ;;
+        crossct) arm crossct cross-teach --cnn "$start" --transformer "$partner" --unlabelled-batch-size "${CROSSCT_LONG_UNLABELLED_BATCH:-8}" ;;
         *) echo "CROSSCT_LONG_ARMS: unknown arm '$name' (control, crossct)" >&2; exit 2 ;;
     esac
 done

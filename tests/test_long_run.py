@@ -1,0 +1,64 @@
+"""scripts/long_run.sh on tiny synthetic data: both arms from one start, the caller's flags
+overriding the script's settings, and a second call finding both arms done."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import training_folders
+from crossct.train.config import TrainConfig
+from crossct.train.loops import train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _manifest_folder(synthetic: dict, root: Path) -> Path:
+    """A data folder with manifest.csv (the layout long_run.sh reads) from the synthetic folders."""
+    rows = []
+    for split, images, labels in (("train", synthetic["images_dir"], synthetic["labels_dir"]),
+                                  ("val", synthetic["val_images_dir"], synthetic["val_labels_dir"])):
+        for image in sorted(Path(images).iterdir()):
+            label = next(Path(labels).glob(image.stem + "*"))
+            for path, kind in ((image, "images"), (label, "labels")):
+                (root / split / kind).mkdir(parents=True, exist_ok=True)
+                shutil.copy(path, root / split / kind / path.name)
+            rows.append({"source": "synthetic", "name": image.stem, "image": f"{split}/images/{image.name}",
+                         "label": f"{split}/labels/{label.name}", "split": split})
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
+
+
+@pytest.mark.slow
+def test_long_run_trains_both_arms_with_the_callers_flags_then_skips_them(tmp_path):
+    synthetic = training_folders(tmp_path / "synthetic")
+    data = _manifest_folder(synthetic, tmp_path / "data")
+    start = tmp_path / "start"
+    train(TrainConfig.from_dict({**synthetic, "run_dir": str(start), "crop": 64, "batch_size": 2, "steps": 1,
+                                 "warmup_steps": 1, "val_every": 0, "threads": 1}))
+    checkpoint = str(start / "best_unet.pt")  # a U-Net as its own partner keeps the test fast
+    env = {**os.environ, "CROSSCT_DATA": str(data), "CROSSCT_LONG_STEPS": "2", "CROSSCT_LONG_UNLABELLED_BATCH": "1",
+           "CROSSCT_LONG_FLAGS": "--batch-size 2 --crop 64 --no-cpu-amp --threads 1 --val-every 2"}
+    runs = tmp_path / "runs"
+
+    def long_run() -> str:
+        done = subprocess.run(["bash", "scripts/long_run.sh", str(runs), checkpoint, checkpoint, "10"], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    long_run()
+    for arm, unlabelled in (("control", None), ("crossct", 1)):
+        config = json.loads((runs / arm / "config.json").read_text())
+        assert (config["steps"], config["batch_size"], config["crop"], config["cpu_amp"]) == (2, 2, 64, False)
+        if unlabelled is not None:
+            assert config["unlabelled_batch_size"] == unlabelled
+        assert json.loads((runs / arm / "time_report.json").read_text())["final_step"] == 2
+    assert "control: done" in long_run().splitlines()[0]
