@@ -88,6 +88,10 @@ def check_onnx_matches_torch(module, onnx_path: Path, tile: int, dynamic_spatial
     return worst
 
 
+# metadata keys true of one set of weights only, never carried into weights trained from them
+WEIGHTS_OWN_METADATA = ("training", "postprocess_tuning", "onnx_max_abs_diff", "source_checkpoint")
+
+
 def export_weights(state_dict: dict[str, Any], spec, out_dir: str | os.PathLike, metadata: dict | None = None):
     """Write model.onnx, model.pt and model.json (with checksums) for ``state_dict`` into ``out_dir``.
 
@@ -116,7 +120,10 @@ def export_weights(state_dict: dict[str, Any], spec, out_dir: str | os.PathLike,
     if not diff < TOLERANCE:
         raise RuntimeError(f"ONNX export of {spec.model.arch} differs from PyTorch by {diff:.2e} (> {TOLERANCE})")
 
-    meta = {**spec.metadata, **(metadata or {}), "onnx_max_abs_diff": diff}
+    # What described the weights a run started from (how they were trained, their tuning) is not
+    # true of these: only ``metadata`` (this export's own record) says how they were trained.
+    inherited = {k: v for k, v in spec.metadata.items() if k not in WEIGHTS_OWN_METADATA}
+    meta = {**inherited, **(metadata or {}), "onnx_max_abs_diff": diff}
     spec = spec.replace(metadata=meta, checksums={})
     tmp = torch_path.with_name(f".{torch_path.name}.tmp-{os.getpid()}")
     torch.save({"state_dict": network.state_dict(), "spec": spec.to_dict()}, tmp)

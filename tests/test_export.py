@@ -95,3 +95,20 @@ def test_not_a_checkpoint_exit_2_without_traceback(tmp_path):
     assert f"{tmp_path / 'x.pt'}: not a crossct checkpoint" in result.stderr and "Traceback" not in result.stderr
     result = run_python(["-m", "crossct.export", str(tmp_path / "absent.pt"), str(tmp_path / "out")], timeout=120)
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_weights_trained_from_other_weights_do_not_inherit_their_training_record(tmp_path):
+    # A run started from shipped weights keeps their spec, metadata included; exported outside its
+    # run folder (no config.json to read), the new weights must not claim the old ones' training.
+    from crossct.export import export_weights
+
+    old = {"training": {"mode": "crossct", "step": 373}, "postprocess_tuning": {"score_after": 0.77},
+           "source_checkpoint": "best_cnn.pt", "note": "kept"}
+    spec = tiny_spec().replace(metadata=old)
+    save_checkpoint(tmp_path / "elsewhere" / "best_unet.pt", {"model": network_state(3), "spec": spec.to_dict(), "step": 5})
+    assert main([str(tmp_path / "elsewhere" / "best_unet.pt"), str(tmp_path / "out")]) == 0
+    meta = json.loads((tmp_path / "out" / "model.json").read_text())["metadata"]
+    assert not {"training", "postprocess_tuning", "source_checkpoint"} & meta.keys() and meta["note"] == "kept"
+    record = {"mode": "supervised", "step": 5}
+    exported = export_weights(network_state(3), spec, tmp_path / "given", metadata={"training": record})
+    assert exported.metadata["training"] == record
