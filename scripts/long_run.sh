@@ -16,6 +16,9 @@
 # CROSSCT_LONG_ARMS ("control crossct"): which arms this call works on, in order; an arm that another
 # call is running (its lock RUN_ROOT/NAME.lock is held) is skipped, so two calls may run the two arms
 # side by side, one core each (CROSSCT_LONG_FLAGS="--threads 1").
+# CROSSCT_LONG_KEEP: a folder (e.g. in the work tree, to commit) that outlives the machine: each arm is
+# copied there whole after its period (checkpoints, logs, settings), and an arm missing from RUN_ROOT
+# is restored from there first, so a run whose machine was replaced resumes where it was kept.
 # `python -m crossct.train status RUN_ROOT/*` tells where each arm stands.
 set -euo pipefail
 root=${1:?usage: scripts/long_run.sh RUN_ROOT START_CNN PARTNER [MINUTES]}
@@ -28,11 +31,32 @@ deadline=$(( $(date +%s) + ${minutes%.*} * 60 ))
 common=(--data "${CROSSCT_DATA:-../shared/data}" --steps "${CROSSCT_LONG_STEPS:-10000}" --seed "${CROSSCT_LONG_SEED:-0}"
         --lr 5e-4 --warmup-steps 25 --batch-size 8 --cpu-amp --val-every 2000 --checkpoint-minutes 5)
 
+keep=${CROSSCT_LONG_KEEP:-}
+
+restore() {  # restore NAME: the kept copy of an arm whose run folder is gone
+    local name=$1
+    if [ -n "$keep" ] && [ -f "$keep/$name/config.json" ] && [ ! -f "$root/$name/config.json" ]; then
+        mkdir -p "$root/$name" && cp -p "$keep/$name"/* "$root/$name/"
+        if [ -f "$root/$name/arm.log" ]; then mv "$root/$name/arm.log" "$root/$name.log"; fi
+        echo "$name: restored from $keep/$name"
+    fi
+}
+
+save() {  # save NAME: copy the arm's folder and log into the keep folder, replacing the old copy only when complete
+    local name=$1 tmp
+    if [ -z "$keep" ] || [ ! -f "$root/$name/config.json" ]; then return 0; fi
+    mkdir -p "$keep" && tmp=$(mktemp -d "$keep/.$name.XXXXXX")
+    find "$root/$name" -maxdepth 1 -type f ! -name '.*' -exec cp -p {} "$tmp/" \;
+    if [ -f "$root/$name.log" ]; then cp -p "$root/$name.log" "$tmp/arm.log"; fi
+    rm -rf "$keep/$name" && mv "$tmp" "$keep/$name"
+    echo "$name: kept in $keep/$name"
+}
+
 arm() {  # arm NAME MODE ARGS...: run or resume one arm within what is left of the minutes
     local name=$1 mode=$2; shift 2
     local dir="$root/$name" left=$(( (deadline - $(date +%s)) / 60 ))
     if [ -f "$dir/time_report.json" ] && python3 -c "import json,sys; r=json.load(open('$dir/time_report.json')); c=json.load(open('$dir/config.json')); sys.exit(r['final_step'] < c['steps'])"; then
-        echo "$name: done"; return 0
+        echo "$name: done"; save "$name"; return 0
     fi
     if [ "$left" -lt 2 ]; then echo "$name: no time left in this period"; return 0; fi
     mkdir -p "$root"
@@ -41,9 +65,11 @@ arm() {  # arm NAME MODE ARGS...: run or resume one arm within what is left of t
     local resume=(); [ -f "$dir/last.pt" ] && resume=(--resume)
     python3 -m crossct.train "$mode" --run-dir "$dir" "${common[@]}" "$@" ${CROSSCT_LONG_FLAGS:-} "${resume[@]}" \
         --stop-after-minutes "$left" 2>&1 | tee -a "$root/$name.log"
+    save "$name"
     exec {lock}>&-
 }
 for name in ${CROSSCT_LONG_ARMS:-control crossct}; do
+    restore "$name"
     case $name in
         control) arm control supervised --model unet --init "$start" ;;
         crossct) arm crossct cross-teach --cnn "$start" --transformer "$partner" --unlabelled-batch-size "${CROSSCT_LONG_UNLABELLED_BATCH:-8}" ;;

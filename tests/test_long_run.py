@@ -1,5 +1,6 @@
 """scripts/long_run.sh on tiny synthetic data: both arms from one start, the caller's flags
-overriding the script's settings, and a second call finding both arms done."""
+overriding the script's settings, the arms kept in CROSSCT_LONG_KEEP and restored from there once
+their run folder is gone, and a later call finding both arms done."""
 
 import csv
 import json
@@ -18,17 +19,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _manifest_folder(synthetic: dict, root: Path) -> Path:
-    """A data folder with manifest.csv (the layout long_run.sh reads) from the synthetic folders."""
+    """A data folder with manifest.csv (the layout long_run.sh reads) naming the synthetic images where they are."""
     rows = []
     for split, images, labels in (("train", synthetic["images_dir"], synthetic["labels_dir"]),
                                   ("val", synthetic["val_images_dir"], synthetic["val_labels_dir"])):
         for image in sorted(Path(images).iterdir()):
             label = next(Path(labels).glob(image.stem + "*"))
-            for path, kind in ((image, "images"), (label, "labels")):
-                (root / split / kind).mkdir(parents=True, exist_ok=True)
-                shutil.copy(path, root / split / kind / path.name)
-            rows.append({"source": "synthetic", "name": image.stem, "image": f"{split}/images/{image.name}",
-                         "label": f"{split}/labels/{label.name}", "split": split})
+            rows.append({"source": "synthetic", "name": image.stem, "image": str(image), "label": str(label),
+                         "split": split})
+    root.mkdir(parents=True)
     with open(root / "manifest.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -37,7 +36,7 @@ def _manifest_folder(synthetic: dict, root: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_long_run_trains_both_arms_with_the_callers_flags_then_skips_them(tmp_path):
+def test_long_run_trains_both_arms_keeps_them_and_restores_them_when_their_folder_is_lost(tmp_path):
     synthetic = training_folders(tmp_path / "synthetic")
     data = _manifest_folder(synthetic, tmp_path / "data")
     start = tmp_path / "start"
@@ -45,7 +44,8 @@ def test_long_run_trains_both_arms_with_the_callers_flags_then_skips_them(tmp_pa
                                  "warmup_steps": 1, "val_every": 0, "threads": 1}))
     checkpoint = str(start / "best_unet.pt")  # a U-Net as its own partner keeps the test fast
     env = {**os.environ, "CROSSCT_DATA": str(data), "CROSSCT_LONG_STEPS": "2", "CROSSCT_LONG_UNLABELLED_BATCH": "1",
-           "CROSSCT_LONG_FLAGS": "--batch-size 2 --crop 64 --no-cpu-amp --threads 1 --val-every 2"}
+           "CROSSCT_LONG_FLAGS": "--batch-size 2 --crop 64 --no-cpu-amp --threads 1 --val-every 2",
+           "CROSSCT_LONG_KEEP": str(tmp_path / "kept")}
     runs = tmp_path / "runs"
 
     def long_run() -> str:
@@ -61,4 +61,13 @@ def test_long_run_trains_both_arms_with_the_callers_flags_then_skips_them(tmp_pa
         if unlabelled is not None:
             assert config["unlabelled_batch_size"] == unlabelled
         assert json.loads((runs / arm / "time_report.json").read_text())["final_step"] == 2
-    assert "control: done" in long_run().splitlines()[0]
+    kept = tmp_path / "kept"
+    for arm in ("control", "crossct"):
+        assert (kept / arm / "last.pt").read_bytes() == (runs / arm / "last.pt").read_bytes()
+        assert "done: " in (kept / arm / "arm.log").read_text()  # the training log went with it
+    assert not [p.name for p in kept.iterdir() if p.name.startswith(".")]  # no half-copied folder left
+    shutil.rmtree(runs)  # the machine was replaced: only the kept copy is left
+    lines = long_run().splitlines()
+    assert lines[:2] == ["control: restored from " + str(kept / "control"), "control: done"], lines
+    assert "crossct: done" in lines
+    assert json.loads((runs / "crossct" / "time_report.json").read_text())["final_step"] == 2
