@@ -212,6 +212,10 @@ def test_status_tells_where_a_stopped_run_stands(synthetic, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert f"| {run} | supervised unet | 4 | 6 | 2 |" in out
     assert f"{tmp_path / 'missing'}: no config.json" in err
+    # Finished and kept without its checkpoint: the step comes from the final time report.
+    train(_cfg(synthetic, run, steps=6, val_every=2), resume=True)
+    (run / "last.pt").unlink()
+    assert (run_status(run)["step"], run_status(run)["left"]) == (6, 0)
 
 
 def test_every_checkpoint_writes_the_pace_so_far(synthetic, tmp_path, monkeypatch):

@@ -2,7 +2,8 @@
 
 One line per run folder: mode, networks, steps done of steps planned, steps left and the time they
 will take at the run's own measured pace (``time_report.json``, written with every checkpoint),
-and the best validation so far (``val_log.csv``).  It reads ``last.pt`` for the step, so it is right even after a run was killed;
+and the best validation so far (``val_log.csv``).  It reads ``last.pt`` for the step, so it is right
+even after a run was killed (a finished run kept without it: the final step of ``time_report.json``);
 it writes nothing, and a run may be training while it reads.
 """
 
@@ -27,8 +28,10 @@ def run_status(run: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{run}: no config.json, not a training run folder")
     config = json.loads(config_path.read_text())
     last = run / "last.pt"
-    step = int(load_checkpoint(last)["step"]) if last.exists() else 0
     report = json.loads((run / "time_report.json").read_text()) if (run / "time_report.json").exists() else {}
+    # A finished run kept without its last.pt (the optimiser state is not worth keeping) still tells
+    # its last step through the time report written with its final checkpoint.
+    step = int(load_checkpoint(last)["step"]) if last.exists() else int(report.get("final_step") or 0)
     seconds_per_step = report.get("seconds_per_step")
     steps = int(config["steps"])
     best: dict[str, dict[str, Any]] = {}  # role -> its best validation row
