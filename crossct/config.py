@@ -125,6 +125,11 @@ class SizeConfig(Checked):
     ``[min_diameter, max_diameter]`` is the image segmented again, rescaled by
     ``reference_diameter / d`` (the factor kept within ``[1 / max_zoom, max_zoom]``, and enlarging
     by at most ``max_enlarge``).  Labels are always returned at the image's own size.
+
+    ``max_area_diameter`` > 0: cells are also too large when half the area of the segmented cells
+    clear of the image's edge lies in cells wider than this
+    (:func:`crossct.size.area_weighted_diameter`), the image then rescaled by that size: large cells in noise come out as a few big pieces among many fragments, and the
+    fragments keep the median small.
     """
 
     auto: bool = False
@@ -136,10 +141,15 @@ class SizeConfig(Checked):
     # Small cells are enlarged at most this much (and at most max_zoom).  4 in the shipped weights: on
     # val a limit of 2.5 lifts the 10-px H&E nuclei but costs fluorescence nuclei of 11-14 px (model card).
     max_enlarge: float = setting(4.0, ge=1, le=16)
+    # 0 (off) in weights tuned before this setting existed, so that they segment as they were measured.
+    max_area_diameter: float = setting(0.0, ge=0, le=10000)
 
     def _check(self) -> None:
         if not self.min_diameter < self.max_diameter:
             raise SpecError("max_diameter", f"must be above min_diameter ({self.min_diameter}), got {self.max_diameter}")
+        if self.max_area_diameter and not self.max_area_diameter > self.max_diameter:
+            raise SpecError("max_area_diameter",
+                            f"must be 0 (off) or above max_diameter ({self.max_diameter}), got {self.max_area_diameter}")
 
 
 @dataclass(frozen=True)

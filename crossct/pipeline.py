@@ -21,7 +21,7 @@ from .block_plan import needs_blocks
 from .config import ModelSpec, SizeConfig
 from .postprocess import postprocess, remove_small_and_relabel
 from .predictors import Predictor
-from .size import median_diameter, resize_image, resize_labels
+from .size import area_weighted_diameter, median_diameter, resize_image, resize_labels
 from .tta import with_test_time
 from .whole_image import Timings, predict_outputs, tiling_for
 
@@ -83,19 +83,20 @@ def _auto_size(image: np.ndarray, predictor: Predictor, spec: ModelSpec, timings
 
     A probe at half scale (a quarter of the pixels) measures the cells first: cells too large
     for the network are shattered at their own scale, which would hide their size, but at half
-    scale they are whole.  Too large: segmented at the reference size (measured again there, and
+    scale they are whole.  Too large (by the median diameter, or by the area-weighted one when
+    ``max_area_diameter`` is set): segmented at the reference size (measured again there, and
     once more should that disagree by more than 20 %).  Else: segmented at their own scale, and
     again enlarged when those cells turn out too small.
     """
     size = spec.size
-    diameter = _diameter_at(image, PROBE_FACTOR, predictor, spec, timings)
-    if np.isfinite(diameter) and diameter > size.max_diameter:
+    measure, diameter = large_cell_measure(image, predictor, spec, timings)
+    if measure is not None:
         factor = zoom_factor(diameter, size)
-        labels, diameter = _labels_at(image, factor, predictor, spec, timings)
+        labels, diameter = _labels_at(image, factor, predictor, spec, timings, measure)
         again = zoom_factor(diameter, size) if np.isfinite(diameter) else factor
         logger.debug("large cells: %.1f px at %.3g x", diameter, factor)
         if abs(again - factor) > 0.2 * factor:
-            labels, _ = _labels_at(image, again, predictor, spec, timings)
+            labels, _ = _labels_at(image, again, predictor, spec, timings, measure)
         return lambda: labels
     labels = _segment_stages(image, predictor, spec, timings)()
     diameter = median_diameter(labels)
@@ -107,17 +108,36 @@ def _auto_size(image: np.ndarray, predictor: Predictor, spec: ModelSpec, timings
     return lambda: labels
 
 
+def large_cell_measure(image: np.ndarray, predictor: Predictor, spec: ModelSpec,
+                        timings: Timings) -> tuple[Callable[[np.ndarray], float] | None, float]:
+    """(the size measure by which the probe finds the image's cells too large, the diameter it
+    measured), or (None, nan) when they are not: the median diameter above ``max_diameter``, else
+    (when set) the area-weighted one of the cells clear of the image's edge above
+    ``max_area_diameter``."""
+    size = spec.size
+    probe = _at_scale(image, PROBE_FACTOR, predictor, spec, timings, keep_scale=True)()
+    limits = ((median_diameter, size.max_diameter), (inner_area_weighted_diameter, size.max_area_diameter))
+    for measure, limit in limits:
+        diameter = measure(probe) / PROBE_FACTOR
+        if limit > 0 and np.isfinite(diameter) and diameter > limit:
+            return measure, diameter
+    return None, float("nan")
+
+
+def inner_area_weighted_diameter(labels: np.ndarray) -> float:
+    """The area-weighted diameter of the cells clear of the image's edge (the large-cell measure
+    of ``max_area_diameter``)."""
+    # Cells clear of the edge only: a 256-px crop of dense tissue merges at half scale into one
+    # clump that fills it (measured: an IHC crop read as 168-px cells, shrunk to 3 cells from 72).
+    return area_weighted_diameter(labels, clear_border=True)
+
+
 def _labels_at(image: np.ndarray, factor: float, predictor: Predictor, spec: ModelSpec,
-               timings: Timings) -> tuple[np.ndarray, float]:
-    """(labels at the image's size, median cell diameter in the image's pixels) of a segmentation
-    of the image rescaled by ``factor``."""
+               timings: Timings, measure: Callable[[np.ndarray], float] = median_diameter) -> tuple[np.ndarray, float]:
+    """(labels at the image's size, cell diameter by ``measure`` in the image's pixels) of a
+    segmentation of the image rescaled by ``factor``."""
     scaled = _at_scale(image, factor, predictor, spec, timings, keep_scale=True)()
-    return _to_image_scale(scaled, image, factor, spec), median_diameter(scaled) / factor
-
-
-def _diameter_at(image: np.ndarray, factor: float, predictor: Predictor, spec: ModelSpec, timings: Timings) -> float:
-    scaled = _at_scale(image, factor, predictor, spec, timings, keep_scale=True)()
-    return median_diameter(scaled) / factor
+    return _to_image_scale(scaled, image, factor, spec), measure(scaled) / factor
 
 
 def _at_scale(image: np.ndarray, factor: float, predictor: Predictor, spec: ModelSpec, timings: Timings,

@@ -5,6 +5,7 @@ Everything is generated on the fly from fixed seeds; no test needs data from out
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -71,6 +72,23 @@ def training_folders(root: Path, n_train: int = 4, val_size: tuple[int, int] = (
     unlabelled, _ = write_synthetic_dataset(root / "unlabelled", n_images=2, size=(96, 128), seed=200)
     return {"images_dir": str(images), "labels_dir": str(labels), "val_images_dir": str(val_images),
             "val_labels_dir": str(val_labels), "unlabelled": (str(unlabelled),), "cache_dir": str(root / "cache")}
+
+
+def manifest_folder(synthetic: dict, root: Path) -> Path:
+    """A data folder with manifest.csv (the layout of ../shared/data) naming the synthetic images where they are."""
+    rows = []
+    for split, images, labels in (("train", synthetic["images_dir"], synthetic["labels_dir"]),
+                                  ("val", synthetic["val_images_dir"], synthetic["val_labels_dir"])):
+        for image in sorted(Path(images).iterdir()):
+            label = next(Path(labels).glob(image.stem + "*"))
+            rows.append({"source": "synthetic", "name": image.stem, "image": str(image), "label": str(label),
+                         "split": split})
+    root.mkdir(parents=True)
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return root
 
 
 def write_png(path: Path, array: np.ndarray) -> Path:

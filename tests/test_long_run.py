@@ -2,7 +2,6 @@
 overriding the script's settings, the arms kept in CROSSCT_LONG_KEEP and restored from there once
 their run folder is gone, and a later call finding both arms done."""
 
-import csv
 import json
 import os
 import shutil
@@ -11,34 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import training_folders
+from conftest import manifest_folder, training_folders
 from crossct.train.config import TrainConfig
 from crossct.train.loops import train
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _manifest_folder(synthetic: dict, root: Path) -> Path:
-    """A data folder with manifest.csv (the layout long_run.sh reads) naming the synthetic images where they are."""
-    rows = []
-    for split, images, labels in (("train", synthetic["images_dir"], synthetic["labels_dir"]),
-                                  ("val", synthetic["val_images_dir"], synthetic["val_labels_dir"])):
-        for image in sorted(Path(images).iterdir()):
-            label = next(Path(labels).glob(image.stem + "*"))
-            rows.append({"source": "synthetic", "name": image.stem, "image": str(image), "label": str(label),
-                         "split": split})
-    root.mkdir(parents=True)
-    with open(root / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return root
-
-
 @pytest.mark.slow
 def test_long_run_trains_both_arms_keeps_them_and_restores_them_when_their_folder_is_lost(tmp_path):
     synthetic = training_folders(tmp_path / "synthetic")
-    data = _manifest_folder(synthetic, tmp_path / "data")
+    data = manifest_folder(synthetic, tmp_path / "data")
     start = tmp_path / "start"
     train(TrainConfig.from_dict({**synthetic, "run_dir": str(start), "crop": 64, "batch_size": 2, "steps": 1,
                                  "warmup_steps": 1, "val_every": 0, "threads": 1}))

@@ -14,7 +14,7 @@ from crossct import pipeline
 from crossct import config
 from crossct.config import ModelSpec, PostprocessConfig, SizeConfig, TilingConfig
 from crossct.pipeline import segment, zoom_factor
-from crossct.size import cell_diameters, median_diameter, resize_labels
+from crossct.size import area_weighted_diameter, cell_diameters, median_diameter, resize_labels
 from crossct.tta import FlipAveraging, with_test_time
 
 
@@ -86,6 +86,22 @@ def test_cell_diameters_are_those_of_disks_of_the_same_area():
         cell_diameters(np.zeros((4, 4), np.float32))
 
 
+def test_area_weighted_diameter_is_that_of_the_cells_holding_most_of_the_area():
+    labels = np.zeros((60, 60), np.uint16)
+    labels[5:25, 5:25] = 1  # 400 px
+    for i in range(5):
+        labels[40 + 4 * i, 5:7] = 2 + i  # five 2-px fragments: the median is a fragment's
+    assert median_diameter(labels) == pytest.approx(math.sqrt(8 / math.pi))
+    assert area_weighted_diameter(labels) == pytest.approx(math.sqrt(1600 / math.pi))
+    labels[30:50, 30:60] = 9  # 600 px: now more than half the area
+    assert area_weighted_diameter(labels) == pytest.approx(math.sqrt(2400 / math.pi))
+    # ... but it touches the edge: among the cells clear of it, cell 1 holds most of the area
+    assert area_weighted_diameter(labels, clear_border=True) == pytest.approx(math.sqrt(1600 / math.pi))
+    labels[labels == 1] = 0
+    assert area_weighted_diameter(labels, clear_border=True) == pytest.approx(math.sqrt(8 / math.pi))
+    assert math.isnan(area_weighted_diameter(np.zeros((4, 4), np.uint8)))
+
+
 def test_resize_labels_keeps_ids_and_dtype():
     labels = np.arange(12, dtype=np.uint32).reshape(3, 4) + 70000
     up = resize_labels(labels, (6, 8))
@@ -121,6 +137,44 @@ def test_large_cells_are_segmented_again_at_a_smaller_scale(passes):
     assert passes[0] == (200, 200) and len(passes) == 2 and 95 <= passes[1][0] == passes[1][1] <= 110
     assert labels.shape == truth.shape and labels.max() == 3
     assert min(_matched(labels, truth)) > 0.8
+
+
+def large_cells_among_fragments():
+    """Two 120-px cells and five 8-px fragments: the median diameter is a fragment's."""
+    centres = [(100, 100), (290, 290)] + [(60 + 40 * i, 340) for i in range(3)] + [(340, 60), (340, 120)]
+    image, truth = disks((400, 400), 60, centres[:2])
+    specks, _ = disks((400, 400), 4, centres[2:])
+    return np.maximum(image, specks), truth
+
+
+@pytest.mark.parametrize("max_area_diameter, scaled", [(0.0, False), (100.0, True), (140.0, False)])
+def test_large_cells_among_fragments_are_found_by_their_share_of_the_area(passes, max_area_diameter, scaled):
+    image, truth = large_cells_among_fragments()
+    labels = segment(image, PointwiseNet(_spec(auto=True, max_area_diameter=max_area_diameter)))
+    assert passes[0] == (200, 200)
+    if scaled:  # ~117 px by area: segmented at about 30 / 117, as cells of that size alone would be
+        assert len(passes) == 2 and 95 <= passes[1][0] <= 110
+    else:  # under the limit, the fragments decide: 8 px, too small, so enlarged by about 30 / 8
+        assert passes[1] == (400, 400) and len(passes) == 3 and passes[2][0] > 1400
+    assert min(_matched(labels, truth)) > 0.8
+
+
+def test_a_clump_on_the_edge_is_not_read_as_large_cells(passes):
+    """Dense cells merged at the probe's scale into one clump reaching the edge (a crop of tissue):
+    the area-weighted size counts only cells clear of the edge, so the image is not shrunk."""
+    image, _ = disks((300, 300), 60, [(30, 30), (270, 270)])  # two clumps cut by the edge
+    specks, _ = disks((300, 300), 4, [(150, 50 * i) for i in range(1, 6)])
+    segment(np.maximum(image, specks), PointwiseNet(_spec(auto=True, max_area_diameter=80.0)))  # clumps: ~91 px
+    assert passes[0] == (150, 150) and passes[1] == (300, 300)  # the probe, then the image's own scale
+    assert min(shape[0] for shape in passes[1:]) == 300  # never shrunk
+
+
+def test_max_area_diameter_is_off_or_above_max_diameter():
+    with pytest.raises(config.SpecError, match="max_area_diameter"):
+        SizeConfig(max_diameter=60.0, max_area_diameter=50.0)
+    data = ModelSpec().to_dict()
+    del data["size"]["max_area_diameter"]  # weights tuned before the setting: off
+    assert ModelSpec.from_dict(data).size.max_area_diameter == 0.0
 
 
 def test_cells_in_range_are_segmented_at_their_own_scale(passes):
@@ -218,3 +272,16 @@ def test_cli_options_override_the_weights_settings(tmp_path, tiny_weights, caplo
     (image_dir / "a.png").write_bytes(b"")
     code = cli.main(["-i", str(image_dir), "-o", str(tmp_path / "out"), "-w", str(tiny_weights), "--diameter", "-3"])
     assert code == 2 and "--diameter '-3': give a cell diameter in pixels" in caplog.text
+
+
+def test_size_tuning_turns_on_the_area_limit_where_fragments_hide_large_cells():
+    from crossct.train.tune import tune_size
+
+    image, truth = large_cells_among_fragments()  # the truth has the two cells, not the fragments
+    spec = _spec()
+    items = [{"image": image, "label": truth, "source": "synthetic", "name": "msc-like"}]
+    best, summary, trace = tune_size(PointwiseNet(spec), items, spec)
+    # Median-only sizes keep the fragments (F1 2 / 4.5); rescaled by the cells' area they vanish.
+    assert best.auto and best.max_area_diameter == 100.0 and summary["mean"] == 1.0
+    assert trace[0][0] == "off" and trace[0][1] < 0.5
+    assert [name for name, _ in trace if "by area" in name][-1].endswith("above 100")

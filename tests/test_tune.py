@@ -31,3 +31,25 @@ def test_tuning_finds_the_relative_size_that_drops_a_large_fragment():
     best, summary, _ = tune_postprocess(cached, start)
     # 256 px is above every absolute minimum in the search space: only the relative one drops it.
     assert best.min_relative_size >= 0.2 and summary["mean"] == 1.0
+
+
+def test_keep_thresholds_tunes_nothing_and_keeps_the_thresholds_record(tmp_path, tiny_weights):
+    import json
+    import shutil
+
+    from conftest import manifest_folder, training_folders
+    from crossct.config import load_spec, save_spec
+    from crossct.train.tune import main
+
+    weights = tmp_path / "weights"
+    shutil.copytree(tiny_weights, weights)
+    spec = load_spec(weights / "model.json")
+    record = {"split": "val", "flips": False, "score_before": 0.1, "score_after": 0.2}
+    odd = PostprocessConfig(seed_threshold=0.9, mask_threshold=0.3, smooth_sigma=3.0)
+    save_spec(spec.replace(postprocess=odd, metadata={**spec.metadata, "postprocess_tuning": record}),
+              weights / "model.json")
+    data = manifest_folder(training_folders(tmp_path / "synthetic", n_train=1), tmp_path / "data")
+    assert main([str(weights), "--data", str(data), "--keep-thresholds", "--write"]) == 0
+    kept = load_spec(weights / "model.json")
+    assert kept.postprocess == odd and kept.metadata["postprocess_tuning"] == record
+    assert json.loads((weights / "model.json").read_text())["postprocess"]["seed_threshold"] == 0.9

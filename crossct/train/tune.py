@@ -87,6 +87,9 @@ def tune_postprocess(cached: list[dict[str, Any]], start, passes: int = 2,
 SIZE_GRID: dict[str, list[Any]] = {
     "reference_diameter": [24.0, 30.0, 36.0],
     "window": [(16.0, 60.0), (20.0, 60.0), (20.0, 45.0), (28.0, 45.0), (12.0, 80.0)],
+    # Tried on the best window above only, each one more pass over the val images; largest first,
+    # so that of equal scores the limit that rescales the fewest images is kept.
+    "max_area_diameter": [160.0, 120.0, 100.0],
 }
 
 
@@ -94,7 +97,8 @@ def tune_size(predictor, items: list[dict[str, Any]], spec) -> tuple[Any, dict[s
     """Automatic cell size on or off, and its reference and range, by the same score as the thresholds.
 
     Each setting segments every image through the whole pipeline (the scales depend on the cells
-    found), so this is a small grid (:data:`SIZE_GRID`), not a descent.  Returns (the best
+    found), so this is a small grid (:data:`SIZE_GRID`), not a descent; the area-weighted limit
+    is tried on the best window only.  Returns (the best
     :class:`~crossct.config.SizeConfig`, its summary, trace of (setting, score)).
     """
     import itertools
@@ -112,19 +116,37 @@ def tune_size(predictor, items: list[dict[str, Any]], spec) -> tuple[Any, dict[s
             per_source.setdefault(item["source"], []).append(float(f1))
         return summarize(per_source)
 
-    off = dataclasses.replace(spec.size, auto=False, diameter=0.0)
+    off = dataclasses.replace(spec.size, auto=False, diameter=0.0, max_area_diameter=0.0)
     best, best_summary = off, score(off)
     trace = [("off", balanced_f1(best_summary))]
+    best_window, best_window_score = None, -1.0
+
+    def consider(size, name: str) -> float:
+        nonlocal best, best_summary
+        summary = score(size)
+        trace.append((name, balanced_f1(summary)))
+        logger.info("size %s: %.4f", name, trace[-1][1])
+        if balanced_f1(summary) > balanced_f1(best_summary) + 1e-6:
+            best, best_summary = size, summary
+        return balanced_f1(summary)
+
     for reference, (low, high) in itertools.product(SIZE_GRID["reference_diameter"], SIZE_GRID["window"]):
         if not low <= reference <= high:
             continue
         size = dataclasses.replace(off, auto=True, reference_diameter=reference, min_diameter=low, max_diameter=high)
-        summary = score(size)
-        trace.append((f"auto reference {reference:g} range {low:g}-{high:g}", balanced_f1(summary)))
-        logger.info("size %s: %.4f", trace[-1][0], trace[-1][1])
-        if balanced_f1(summary) > balanced_f1(best_summary) + 1e-6:
-            best, best_summary = size, summary
+        value = consider(size, trace_name(size))
+        if value > best_window_score + 1e-6:
+            best_window, best_window_score = size, value
+    # On the best window even where "off" beat it: the limit may be what the window was missing.
+    for area in SIZE_GRID["max_area_diameter"]:
+        if best_window is not None and area > best_window.max_diameter:
+            consider(dataclasses.replace(best_window, max_area_diameter=area),
+                     f"{trace_name(best_window)} large by area above {area:g}")
     return best, best_summary, trace
+
+
+def trace_name(size) -> str:
+    return f"auto reference {size.reference_diameter:g} range {size.min_diameter:g}-{size.max_diameter:g}"
 
 
 def cache_outputs(predictor, records) -> list[dict[str, Any]]:
@@ -148,7 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--write", action="store_true", help="store the tuned thresholds in WEIGHTS/model.json")
     p.add_argument("--size", action="store_true",
                    help="after the thresholds, also choose the automatic cell size (on or off, its reference and "
-                        "range) on the split; each of its settings runs the whole pipeline over every image")
+                        "range, and the area-weighted limit for large cells) on the split; each of its settings runs the whole pipeline over every image")
+    p.add_argument("--keep-thresholds", action="store_true",
+                   help="keep the weights' post-processing thresholds (with --size: tune the cell size alone); "
+                        "a greedy re-tune can move a threshold for a gain at the image's own scale that the "
+                        "size settings then lose")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="tune for flip test-time augmentation on (or off); --write then stores that choice too "
                         "(default: the weights' setting)")
@@ -168,8 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cached = cache_outputs(with_test_time(predictor, flips), records)
     start = predictor.spec.postprocess
     before = score_outputs(cached, start)
-    best, summary, trace = tune_postprocess(cached, start)
-    logger.info("tried %d settings", len(trace))
+    if args.keep_thresholds:
+        best, summary = start, before
+    else:
+        best, summary, trace = tune_postprocess(cached, start)
+        logger.info("tried %d settings", len(trace))
     result = {"before": {"postprocess": dataclasses.asdict(start), **before},
               "after": {"postprocess": dataclasses.asdict(best), **summary}}
     size = predictor.spec.size
@@ -187,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = load_spec(spec_path)
         tuned = {"split": args.split, "flips": flips, "score_before": round(balanced_f1(before), 4),
                  "score_after": round(balanced_f1(summary), 4)}
+        if args.keep_thresholds:  # the thresholds' own record stays, with the new size score
+            tuned = {**tuned, **spec.metadata.get("postprocess_tuning", {}), "flips": flips}
         if args.size:
             tuned["size_score"] = round(balanced_f1(result["size"]), 4)
         save_spec(spec.replace(postprocess=best, size=size, test_time=dataclasses.replace(spec.test_time, flips=flips),
