@@ -128,8 +128,9 @@ class SizeConfig(Checked):
 
     ``max_area_diameter`` > 0: cells are also too large when half the area of the segmented cells
     clear of the image's edge lies in cells wider than this
-    (:func:`crossct.size.area_weighted_diameter`), the image then rescaled by that size: large cells in noise come out as a few big pieces among many fragments, and the
-    fragments keep the median small.
+    (:func:`crossct.size.area_weighted_diameter`), the image then rescaled by that size: large
+    cells in noise come out as a few big pieces among many fragments, and the fragments keep the
+    median small.
     """
 
     auto: bool = False

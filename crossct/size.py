@@ -60,8 +60,9 @@ def area_weighted_diameter(labels: np.ndarray, clear_border: bool = False) -> fl
 
     Half of the segmented area lies in cells at least this wide.  ``clear_border``: of the cells
     clear of the image's edge only (scikit-image's ``clear_border``): a cell cut by the edge has no
-    size to measure, and dense tissue merged into one clump at a coarse scale reaches it.  Three 4-px fragments beside one
-    20 x 20 cell: the median diameter is that of a fragment, this one that of the cell.
+    size to measure, and dense tissue merged into one clump at a coarse scale reaches it.  Three
+    4-px fragments beside one 20 x 20 cell: the median diameter is that of a fragment, this one
+    that of the cell.
 
     >>> import numpy as np
     >>> labels = np.zeros((40, 40), np.uint16); labels[2:22, 2:22] = 1

@@ -98,8 +98,8 @@ def tune_size(predictor, items: list[dict[str, Any]], spec) -> tuple[Any, dict[s
 
     Each setting segments every image through the whole pipeline (the scales depend on the cells
     found), so this is a small grid (:data:`SIZE_GRID`), not a descent; the area-weighted limit
-    is tried on the best window only.  Returns (the best
-    :class:`~crossct.config.SizeConfig`, its summary, trace of (setting, score)).
+    is tried on the best window only.  Returns (the best :class:`~crossct.config.SizeConfig`, its
+    summary, trace of (setting, score)).
     """
     import itertools
 
@@ -170,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--write", action="store_true", help="store the tuned thresholds in WEIGHTS/model.json")
     p.add_argument("--size", action="store_true",
                    help="after the thresholds, also choose the automatic cell size (on or off, its reference and "
-                        "range, and the area-weighted limit for large cells) on the split; each of its settings runs the whole pipeline over every image")
+                        "range, and the area-weighted limit for large cells) on the split; each of its settings "
+                        "runs the whole pipeline over every image")
     p.add_argument("--keep-thresholds", action="store_true",
                    help="keep the weights' post-processing thresholds (with --size: tune the cell size alone); "
                         "a greedy re-tune can move a threshold for a gain at the image's own scale that the "
