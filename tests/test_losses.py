@@ -68,3 +68,39 @@ def test_cross_teaching_disagreement_is_penalised_both_ways():
     transformer = _outputs_from(classes + 1, d)
     _, parts = CrossTeachingLoss()(cnn, transformer)
     assert float(parts["ctl_cnn"]) > 5 and float(parts["ctl_transformer"]) > 5
+
+
+def test_confidence_masking_keeps_every_pixel_at_a_threshold_nothing_fails_and_then_is_the_papers_loss():
+    torch.manual_seed(0)
+    cnn, transformer = torch.randn(2, 5, 16, 16), torch.randn(2, 5, 16, 16)
+    paper, paper_parts = CrossTeachingLoss()(cnn, transformer)
+    masked, parts = CrossTeachingLoss(confidence=1e-6)(cnn, transformer)
+    assert float(masked) == pytest.approx(float(paper), rel=1e-6)
+    assert float(parts["ctl_cnn"]) == pytest.approx(float(paper_parts["ctl_cnn"]), rel=1e-6)
+    assert float(parts["ctl_kept_cnn"]) == 1.0 and float(parts["ctl_kept_transformer"]) == 1.0
+    assert "ctl_kept_cnn" not in paper_parts  # the paper's loss logs what it always did
+
+
+def test_unconfident_teacher_pixels_do_not_teach():
+    classes = torch.zeros(1, 8, 8, dtype=torch.long)
+    classes[:, :, 4:] = 1
+    d = torch.zeros(1, 2, 8, 8)
+    teacher = _outputs_from(classes, d)          # softmax max ~1 everywhere
+    teacher[:, :3, :2] = torch.tensor([0.2, 0.0, 0.1]).view(1, 3, 1, 1)  # rows 0-1: max ~0.36, class 0
+    student = _outputs_from(classes, d).requires_grad_(True)
+    with torch.no_grad():
+        student[:, :3, :2] = _outputs_from(torch.full((1, 2, 8), 2), d[:, :, :2])[:, :3]  # disagrees there
+    loss_fn = CrossTeachingLoss(confidence=0.9)
+    _, parts = loss_fn(student, teacher)
+    assert float(parts["ctl_kept_cnn"]) == pytest.approx(48 / 64)   # rows 2-7 of 8
+    assert float(parts["ctl_cnn"]) < 0.01                           # only the agreeing pixels are scored
+    assert float(CrossTeachingLoss()(student, teacher)[1]["ctl_cnn"]) > 1  # the paper's loss counts them
+    ctl_cnn, _ = loss_fn._taught_by(student, teacher)
+    ctl_cnn.backward()
+    assert student.grad[:, :3, :2].abs().max() == 0     # no gradient from the masked rows
+    assert student.grad[:, :3, 2:].abs().max() > 0
+
+
+def test_confidence_must_be_a_probability_below_one():
+    with pytest.raises(ValueError, match="confidence"):
+        CrossTeachingLoss(confidence=1.0)

@@ -94,6 +94,22 @@ def test_swin_then_cross_teaching_then_export_then_predict(synthetic, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["cell_00000_label.tiff", "cell_00001_label.tiff"]
 
 
+@pytest.mark.slow
+def test_confident_cross_teaching_logs_the_share_of_pixels_that_taught(synthetic, tmp_path):
+    # swin-lite pools its input 2x and downsamples it 32x more: crops of 128 px at least.
+    train(_cfg(synthetic, tmp_path / "unet", steps=1, crop=128))
+    train(_cfg(synthetic, tmp_path / "partner", model="swin-lite", steps=1, crop=128))
+    train(_cfg(synthetic, tmp_path / "ct", mode="cross-teach", steps=2, pseudo_confidence=0.6, crop=128,
+               cnn=str(tmp_path / "unet" / "best_unet.pt"), transformer=str(tmp_path / "partner" / "best_swin-lite.pt")))
+    import csv
+    rows = list(csv.DictReader((tmp_path / "ct" / "train_log.csv").open()))
+    kept = [float(r["ctl_kept_cnn"]) for r in rows] + [float(r["ctl_kept_transformer"]) for r in rows]
+    assert rows and all(0.0 <= k <= 1.0 for k in kept)
+    assert json.loads((tmp_path / "ct" / "config.json").read_text())["pseudo_confidence"] == 0.6
+    from crossct.train.provenance import training_record
+    assert training_record(tmp_path / "ct" / "best_cnn.pt", step=2)["pseudo_confidence"] == 0.6
+
+
 def test_cross_teach_without_checkpoints_is_refused():
     with pytest.raises(ValueError, match="--cnn"):
         TrainConfig(mode="cross-teach")

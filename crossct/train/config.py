@@ -67,6 +67,8 @@ class TrainConfig:
     warmup_steps: int = _help("linear warm-up steps", default=100)
     poly_power: float = _help("polynomial decay power after warm-up", default=0.9)
     lambda_max: float = _help("cross-teaching weight maximum (paper: 0.1)", _CT, default=0.1)
+    pseudo_confidence: float = _help("teach only with the pixels whose pseudo-label the teaching network gives at least "
+                                     "this softmax probability (0: every pixel, as the paper)", _CT, default=0.0)
     mse_weight: float = _help("weight of the distance-map MSE terms", default=1.0)
     zoom_min_diameter: float = _help("scale augmentation: zoom so that median cell diameters land in [min, max] px", default=8.0)
     zoom_max_diameter: float = _help("scale augmentation: upper end of that diameter range (px)", default=80.0)
@@ -96,6 +98,8 @@ class TrainConfig:
             raise ValueError("cross-teach needs --cnn CKPT and --transformer CKPT (supervised checkpoints)")
         if self.steps < 1 or self.batch_size < 0 or self.unlabelled_batch_size < 0 or self.lr_batch < 1:
             raise ValueError("steps and lr_batch must be >= 1, batch sizes >= 0 (0: automatic)")
+        if not 0.0 <= self.pseudo_confidence < 1.0:
+            raise ValueError(f"pseudo_confidence ({self.pseudo_confidence}) must be in [0, 1)")
         if self.time_budget < 0 or self.val_count < 0 or self.stop_after_minutes < 0:
             raise ValueError(f"time_budget ({self.time_budget}), val_count ({self.val_count}) and stop_after_minutes "
                              f"({self.stop_after_minutes}) must be >= 0")

@@ -586,7 +586,7 @@ def train(cfg: TrainConfig, resume: bool = False, overrides: dict[str, Any] | No
                                role.best_step)
             role.best_score, role.best_step = -1.0, -1
     log = RunLog(run_dir)
-    sup_loss, ct_loss = SupervisedLoss(cfg.mse_weight), CrossTeachingLoss(cfg.mse_weight)
+    sup_loss, ct_loss = SupervisedLoss(cfg.mse_weight), CrossTeachingLoss(cfg.mse_weight, cfg.pseudo_confidence)
     for role in roles:
         role.module.train()
     from .prefetch import auto_workers, step_batches

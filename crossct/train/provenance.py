@@ -59,6 +59,7 @@ def training_record(checkpoint: str | Path, step: int | None, role: str | None =
     if crossct:
         record["partner"] = _network(config[other])
         record["unlabelled_batch_size"] = config.get("unlabelled_batch_size")
+        record["pseudo_confidence"] = config.get("pseudo_confidence", 0.0)  # 0: every pixel teaches (the paper)
     sources = data_sources(config)
     if sources is not None:
         record["data_sources"] = sources
