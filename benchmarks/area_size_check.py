@@ -20,8 +20,11 @@ import sys
 from benchmarks.classical_val import default_data_dir
 
 
-def check(weights: str, data, split: str | None, limit: float | None) -> list[dict]:
-    """One row per image the limit rescales: split, source, name, area diameter, F1 without and with."""
+def check(weights: str, data, split: str | None, limit: float | None,
+          references: list[float] | None = None) -> list[dict]:
+    """One row per image the limit rescales: split, source, name, area diameter, F1 without and with
+    (``f1_with``; with ``references``, ``f1_at`` too: F1 with the cells brought to each of those
+    sizes, ``size.area_reference_diameter``)."""
     from crossct import pipeline
     from crossct.predictors import load_predictor
     from crossct.train.records import data_records, read_record_image, read_record_label
@@ -44,9 +47,13 @@ def check(weights: str, data, split: str | None, limit: float | None) -> list[di
         if measure is not pipeline.inner_area_weighted_diameter:
             continue
         label = read_record_label(record)[0]
-        rows.append({"split": record.split, "source": record.source, "name": record.name, "diameter": diameter,
-                     "f1_without": f1_score(label, pipeline.segment(image, predictor, without))["f1"],
-                     "f1_with": f1_score(label, pipeline.segment(image, predictor, spec))["f1"]})
+        row = {"split": record.split, "source": record.source, "name": record.name, "diameter": diameter,
+               "f1_without": f1_score(label, pipeline.segment(image, predictor, without))["f1"],
+               "f1_with": f1_score(label, pipeline.segment(image, predictor, spec))["f1"]}
+        if references:
+            row["f1_at"] = {ref: f1_score(label, pipeline.segment(image, predictor, spec.replace(
+                size=dataclasses.replace(spec.size, area_reference_diameter=ref))))["f1"] for ref in references}
+        rows.append(row)
     return rows
 
 
@@ -56,16 +63,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="data folder with manifest.csv (default: $CROSSCT_DATA or ../shared/data)")
     p.add_argument("--split", default=None, help="one split only (default: every labelled image)")
     p.add_argument("--limit", type=float, default=None, help="area-weighted limit in px (default: the weights' own)")
+    p.add_argument("--area-reference", type=float, nargs="+", default=[], metavar="PX",
+                   help="also score each image with its large cells brought to these sizes (size.area_reference_diameter)")
     args = p.parse_args(argv)
     data = args.data or default_data_dir()
-    rows = check(args.weights, data, args.split, args.limit)
-    print("| split | source | image | area-weighted diameter (px) | F1 without | F1 with |")
-    print("|---|---|---|---|---|---|")
+    refs = args.area_reference
+    rows = check(args.weights, data, args.split, args.limit, refs)
+    print("| split | source | image | area-weighted diameter (px) | F1 without | F1 with |"
+          + "".join(f" to {ref:g} px |" for ref in refs))
+    print("|---|---|---|---|---|---|" + "---|" * len(refs))
     for r in rows:
-        print(f"| {r['split']} | {r['source']} | {r['name']} | {r['diameter']:.0f} | {r['f1_without']:.3f} | {r['f1_with']:.3f} |")
-    better = sum(r["f1_with"] > r["f1_without"] for r in rows)
-    worse = sum(r["f1_with"] < r["f1_without"] for r in rows)
-    print(f"\n{len(rows)} image(s) rescaled by the limit: {better} better, {worse} worse.")
+        print(f"| {r['split']} | {r['source']} | {r['name']} | {r['diameter']:.0f} | {r['f1_without']:.3f} | {r['f1_with']:.3f} |"
+              + "".join(f" {r['f1_at'][ref]:.3f} |" for ref in refs))
+    for label, key in (("the weights' settings", None), *((f"to {ref:g} px", ref) for ref in refs)):
+        f1 = [r["f1_with"] if key is None else r["f1_at"][key] for r in rows]
+        better = sum(a > r["f1_without"] for a, r in zip(f1, rows))
+        worse = sum(a < r["f1_without"] for a, r in zip(f1, rows))
+        print(f"\n{len(rows)} image(s) rescaled by the limit, {label}: {better} better, {worse} worse, "
+              f"mean F1 {sum(f1) / max(len(f1), 1):.3f} (without the limit {sum(r['f1_without'] for r in rows) / max(len(rows), 1):.3f}).")
     return 0
 
 

@@ -130,7 +130,8 @@ class SizeConfig(Checked):
     clear of the image's edge lies in cells wider than this
     (:func:`crossct.size.area_weighted_diameter`), the image then rescaled by that size: large
     cells in noise come out as a few big pieces among many fragments, and the fragments keep the
-    median small.
+    median small.  ``area_reference_diameter`` > 0: the size those cells are brought to (else
+    ``reference_diameter``, the median cell's).
     """
 
     auto: bool = False
@@ -144,6 +145,9 @@ class SizeConfig(Checked):
     max_enlarge: float = setting(4.0, ge=1, le=16)
     # 0 (off) in weights tuned before this setting existed, so that they segment as they were measured.
     max_area_diameter: float = setting(0.0, ge=0, le=10000)
+    # The area-weighted diameter of long thin cells is far above their width: shrunk until it reads
+    # reference_diameter, a 10-px-wide cell is 1 px wide. 0: reference_diameter, as tuned before it existed.
+    area_reference_diameter: float = setting(0.0, ge=0, le=10000)
 
     def _check(self) -> None:
         if not self.min_diameter < self.max_diameter:

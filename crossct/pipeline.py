@@ -91,9 +91,12 @@ def _auto_size(image: np.ndarray, predictor: Predictor, spec: ModelSpec, timings
     size = spec.size
     measure, diameter = large_cell_measure(image, predictor, spec, timings)
     if measure is not None:
-        factor = zoom_factor(diameter, size)
+        reference = size.reference_diameter
+        if measure is inner_area_weighted_diameter and size.area_reference_diameter > 0:
+            reference = size.area_reference_diameter
+        factor = zoom_factor(diameter, size, reference)
         labels, diameter = _labels_at(image, factor, predictor, spec, timings, measure)
-        again = zoom_factor(diameter, size) if np.isfinite(diameter) else factor
+        again = zoom_factor(diameter, size, reference) if np.isfinite(diameter) else factor
         logger.debug("large cells: %.1f px at %.3g x", diameter, factor)
         if abs(again - factor) > 0.2 * factor:
             labels, _ = _labels_at(image, again, predictor, spec, timings, measure)
@@ -170,12 +173,13 @@ def _capped(factor: float, image: np.ndarray) -> float:
     return 1.0 if factor < 1.05 else factor
 
 
-def zoom_factor(diameter: float, size: SizeConfig) -> float:
-    """The rescaling that brings cells of ``diameter`` px to ``size.reference_diameter``, within
-    ``[1 / max_zoom, min(max_zoom, max_enlarge)]``; 1 when that is within 5 % of 1 (not worth a
-    resampling)."""
+def zoom_factor(diameter: float, size: SizeConfig, reference: float | None = None) -> float:
+    """The rescaling that brings cells of ``diameter`` px to ``reference`` (default
+    ``size.reference_diameter``), within ``[1 / max_zoom, min(max_zoom, max_enlarge)]``; 1 when that
+    is within 5 % of 1 (not worth a resampling)."""
     largest = min(size.max_zoom, size.max_enlarge)
-    factor = float(np.clip(size.reference_diameter / diameter, 1.0 / size.max_zoom, largest))
+    reference = size.reference_diameter if reference is None else reference
+    factor = float(np.clip(reference / diameter, 1.0 / size.max_zoom, largest))
     return 1.0 if abs(factor - 1.0) < 0.05 else factor
 
 

@@ -32,3 +32,7 @@ def test_lists_exactly_the_images_the_limit_rescales(tiny_weights, data, monkeyp
     assert len(probed) == 4 and len(rows) == 1  # two probes, then the listed image segmented twice
     assert rows[0]["split"] == "val" and rows[0]["diameter"] == 200.0
     assert 0.0 <= rows[0]["f1_without"] <= 1.0 and 0.0 <= rows[0]["f1_with"] <= 1.0
+    assert "f1_at" not in rows[0]
+    probed.clear()
+    rows = area_size_check.check(str(tiny_weights), data, "val", 160.0, references=[48.0, 80.0])
+    assert len(probed) == 6 and sorted(rows[0]["f1_at"]) == [48.0, 80.0]  # and once more per size

@@ -159,6 +159,19 @@ def test_large_cells_among_fragments_are_found_by_their_share_of_the_area(passes
     assert min(_matched(labels, truth)) > 0.8
 
 
+def test_large_cells_found_by_area_are_brought_to_their_own_reference(passes):
+    """``area_reference_diameter``: the cells found by their share of the area (~117 px) are brought
+    to that size, not to the median cell's reference (30 px)."""
+    image, truth = large_cells_among_fragments()
+    labels = segment(image, PointwiseNet(_spec(auto=True, max_area_diameter=100.0, area_reference_diameter=60.0)))
+    assert passes[0] == (200, 200)
+    assert len(passes) == 2 and 190 <= passes[1][0] <= 215  # about 60 / 117 of 400, not 30 / 117
+    assert min(_matched(labels, truth)) > 0.8
+    data = ModelSpec().to_dict()
+    del data["size"]["area_reference_diameter"]  # weights tuned before the setting: the median's reference
+    assert ModelSpec.from_dict(data).size.area_reference_diameter == 0.0
+
+
 def test_a_clump_on_the_edge_is_not_read_as_large_cells(passes):
     """Dense cells merged at the probe's scale into one clump reaching the edge (a crop of tissue):
     the area-weighted size counts only cells clear of the edge, so the image is not shrunk."""
