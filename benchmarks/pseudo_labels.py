@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
     items = load_val_items(data_records(args.data or default_data_dir(), split=args.split), args.max_images)
     truths = [class_map(remove_small_objects(item["label"])) for item in items]  # as training sees them
-    print(f"{len(items)} {args.split} images, {sum(t.size for t in truths) / 1e6:.1f} M pixels\n")
+    total = sum(t.size for t in truths)
+    print(f"{len(items)} {args.split} images, {total / 1e6:.1f} M pixels\n")
     header = "| threshold | " + " | ".join(f"{c.parent.name}/{c.name}: kept, accuracy" for c in args.checkpoints) + " |"
     columns = []
     for path in args.checkpoints:
@@ -59,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
         predictor = ModulePredictor(network, spec, torch.device("cpu"))
         counts = sum(pixel_table(predict_outputs(item["image"], predictor, spec)[:3], truth, args.thresholds)
                      for item, truth in zip(items, truths))
-        total = sum(t.size for t in truths)
         columns.append([f"{kept / total:.3f}, {right / max(kept, 1):.4f}" for kept, right in counts])
     print(header)
     print("|" + "---|" * (len(args.checkpoints) + 1))

@@ -1,7 +1,6 @@
 """benchmarks.pseudo_labels: kept share and accuracy of a network's pseudo-labels by confidence."""
 
 import numpy as np
-import pytest
 
 from conftest import manifest_folder, training_folders
 from benchmarks import pseudo_labels
